@@ -1,0 +1,234 @@
+"""Dataset folders in nnU-Net v2 raw layout, with styleseg's per-case extras.
+
+Layout::
+
+    DATASET/
+      dataset.json              nnU-Net fields + "styleseg": {format_version, meta, cases}
+      imagesTr/<case>_0000.nii.gz
+      labelsTr/<case>.nii.gz    training labels (nnU-Net reads these)
+      labelsRef/<case>.nii.gz   evaluation-only labels (e.g. a target domain's ground truth); never
+                                used for training, and invisible to nnU-Net
+
+``dataset.json["styleseg"]["cases"][case]`` holds, per case: ``annotated`` (structures that were
+annotated: the others are *unknown*, not background), ``derived`` (structures computed rather than
+drawn, e.g. body), ``labels`` ("labelsTr", "labelsRef" or null) and free extras such as
+``source_files``, ``scanner`` (DICOM tags), ``split``, ``protocol`` or ``provenance``.
+
+A dataset is written through :class:`DatasetWriter`, which builds it in a temporary folder and renames
+it into place only when every case was written, so a failed import leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg import __version__
+from styleseg.errors import InputError
+from styleseg.io.atomic import atomic_dir, write_json
+from styleseg.io.volume import Volume, check_same_grid, read_nifti, write_nifti
+from styleseg.labels import LabelSchema
+
+DATASET_JSON = "dataset.json"
+FILE_ENDING = ".nii.gz"
+FORMAT_VERSION = 1
+LABEL_DIRS = ("labelsTr", "labelsRef")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_case_id(text: str) -> str:
+    """A file-system-safe case identifier (letters, digits, '.', '_', '-')."""
+    s = _SAFE.sub("_", text.strip()).strip("._")
+    if not s:
+        raise ValueError(f"cannot make a case id from {text!r}")
+    return s
+
+
+@dataclass
+class CaseRecord:
+    """One case of a dataset: its id, which labels it has, and its extras."""
+
+    case_id: str
+    labels: str | None = None  # "labelsTr", "labelsRef" or None (unannotated)
+    annotated: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "annotated": list(self.annotated), "derived": list(self.derived),
+                **self.extras}
+
+    @classmethod
+    def from_json(cls, case_id: str, d: Mapping[str, Any]) -> CaseRecord:
+        d = dict(d)
+        return cls(case_id, d.pop("labels", None), tuple(d.pop("annotated", ())), tuple(d.pop("derived", ())),
+                   d)
+
+
+class Dataset:
+    """A dataset folder, read lazily: metadata on open, volumes on request."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        js = self.root / DATASET_JSON
+        if not self.root.exists():
+            raise InputError(self.root, "dataset folder does not exist", "check the path, or create it "
+                             "with `styleseg import`")
+        if not js.exists():
+            raise InputError(js, "no dataset.json: this folder is not a styleseg/nnU-Net dataset",
+                             "create it with `styleseg import` or `styleseg make-benchmark`")
+        try:
+            self.json: dict[str, Any] = json.loads(js.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(js, f"invalid JSON ({e})", "repair or re-create the dataset") from e
+        for key in ("labels", "file_ending"):
+            if key not in self.json:
+                raise InputError(js, f"missing required key {key!r}")
+        self.file_ending: str = self.json["file_ending"]
+        self.schema = LabelSchema.from_labels_dict(self.json["labels"])
+        ext = self.json.get("styleseg", {})
+        self.meta: dict[str, Any] = dict(ext.get("meta", {}))
+        cases = ext.get("cases")
+        if cases is None:  # a plain nnU-Net dataset: discover cases from the files
+            cases = {}
+            for p in sorted((self.root / "imagesTr").glob(f"*_0000{self.file_ending}")):
+                cid = p.name[: -len(f"_0000{self.file_ending}")]
+                lab = "labelsTr" if (self.root / "labelsTr" / f"{cid}{self.file_ending}").exists() else None
+                cases[cid] = {"labels": lab, "annotated": list(self.schema.names) if lab else []}
+        self.cases: list[CaseRecord] = [CaseRecord.from_json(k, v) for k, v in cases.items()]
+        self._by_id = {c.case_id: c for c in self.cases}
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self) -> Iterator[CaseRecord]:
+        return iter(self.cases)
+
+    @property
+    def name(self) -> str:
+        return str(self.json.get("name", self.root.name))
+
+    def case(self, case_id: str) -> CaseRecord:
+        if case_id not in self._by_id:
+            raise KeyError(f"case {case_id!r} is not in dataset {self.root}")
+        return self._by_id[case_id]
+
+    def image_path(self, case_id: str) -> Path:
+        return self.root / "imagesTr" / f"{case_id}_0000{self.file_ending}"
+
+    def label_path(self, case_id: str) -> Path | None:
+        rec = self.case(case_id)
+        return None if rec.labels is None else self.root / rec.labels / f"{case_id}{self.file_ending}"
+
+    def load_image(self, case_id: str) -> Volume:
+        return read_nifti(self.image_path(case_id))
+
+    def load_label(self, case_id: str, image: Volume | None = None) -> Volume | None:
+        """The label volume of a case (None if unannotated); checked against ``image``'s grid if given."""
+        p = self.label_path(case_id)
+        if p is None:
+            return None
+        lab = read_nifti(p)
+        lab.array = lab.array.astype(np.uint8, copy=False)
+        self.schema.check_label_values(lab.array, str(p))
+        if image is not None:
+            check_same_grid(image, lab, p)
+        return lab
+
+    def annotated(self, case_id: str) -> tuple[str, ...]:
+        return self.case(case_id).annotated
+
+    def labelled_cases(self, role: str | None = "labelsTr") -> list[CaseRecord]:
+        """Cases with labels of the given role ("labelsTr", "labelsRef"; None: either)."""
+        return [c for c in self.cases if c.labels is not None and (role is None or c.labels == role)]
+
+
+class DatasetWriter:
+    """Write a dataset atomically: ``with DatasetWriter(out, ...) as w: w.add_case(...)``.
+
+    On an exception inside the block nothing appears at ``out`` (and an existing ``out`` is kept).
+    """
+
+    def __init__(self, out: str | Path, name: str, schema: LabelSchema, description: str = "",
+                 meta: Mapping[str, Any] | None = None, overwrite: bool = False):
+        self.out = Path(out)
+        self.name = name
+        self.schema = schema
+        self.description = description
+        self.meta = dict(meta or {})
+        self.overwrite = overwrite
+        self.records: dict[str, CaseRecord] = {}
+        self._ctx = None
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        if self.out.exists() and not self.overwrite:
+            raise InputError(self.out, "output already exists", "choose another --out or remove it first")
+        self._ctx = atomic_dir(self.out, overwrite=self.overwrite)
+        self.tmp = self._ctx.__enter__()
+        (self.tmp / "imagesTr").mkdir()
+        return self
+
+    def __exit__(self, et, ev, tb) -> bool:
+        assert self._ctx is not None
+        if et is None:
+            if not self.records:
+                err = InputError(None, "no case was written, so no dataset was created",
+                                 "check the inputs (is the folder empty?)")
+                self._ctx.__exit__(type(err), err, None)
+                raise err
+            write_json(self.tmp / DATASET_JSON, self.dataset_json())
+        return bool(self._ctx.__exit__(et, ev, tb))
+
+    def add_case(self, case_id: str, image: Volume, label: Volume | None = None,
+                 annotated: Sequence[str] | None = None, derived: Sequence[str] = (),
+                 label_role: str = "labelsTr", **extras: Any) -> CaseRecord:
+        """Write one case. ``annotated`` defaults to the structures present in ``label``."""
+        assert self.tmp is not None, "use DatasetWriter as a context manager"
+        cid = safe_case_id(case_id)
+        if cid in self.records:
+            raise ValueError(f"duplicate case id {cid!r}")
+        if label_role not in LABEL_DIRS:
+            raise ValueError(f"label_role must be one of {LABEL_DIRS}")
+        img_arr = image.array
+        if np.issubdtype(img_arr.dtype, np.floating):
+            img_arr = np.clip(np.rint(img_arr), -32768, 32767).astype(np.int16)
+        write_nifti(image.with_array(img_arr), self.tmp / "imagesTr" / f"{cid}_0000{FILE_ENDING}")
+        role = None
+        if label is not None:
+            if not image.same_grid(label):
+                check_same_grid(image, label, extras.get("label_source"))
+            self.schema.check_label_values(label.array, extras.get("label_source"))
+            (self.tmp / label_role).mkdir(exist_ok=True)
+            write_nifti(label.with_array(label.array.astype(np.uint8)),
+                        self.tmp / label_role / f"{cid}{FILE_ENDING}")
+            role = label_role
+            if annotated is None:
+                present = {int(v) for v in np.unique(label.array)}
+                annotated = [n for n, v in self.schema.structures if v in present]
+        rec = CaseRecord(cid, role, tuple(annotated or ()), tuple(derived), dict(extras))
+        self.records[cid] = rec
+        return rec
+
+    def dataset_json(self) -> dict[str, Any]:
+        n_train = sum(1 for r in self.records.values() if r.labels == "labelsTr")
+        return {
+            "name": self.name,
+            "description": self.description,
+            "channel_names": {"0": "CT"},
+            "labels": self.schema.to_labels_dict(),
+            "numTraining": n_train if n_train else len(self.records),
+            "file_ending": FILE_ENDING,
+            "styleseg": {
+                "format_version": FORMAT_VERSION,
+                "styleseg_version": __version__,
+                "meta": self.meta,
+                "cases": {k: r.to_json() for k, r in self.records.items()},
+            },
+        }
