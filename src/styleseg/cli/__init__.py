@@ -76,10 +76,11 @@ def _register_all() -> None:
     from styleseg.cli import io as io_cli
     from styleseg.cli import pipeline as pipeline_cli
     from styleseg.cli import seg as seg_cli
+    from styleseg.cli import select as select_cli
     from styleseg.cli import sim as sim_cli
     from styleseg.cli import style as style_cli
 
-    for mod in (io_cli, sim_cli, style_cli, seg_cli, eval_cli, pipeline_cli):
+    for mod in (io_cli, sim_cli, select_cli, style_cli, seg_cli, eval_cli, pipeline_cli):
         mod.register(app)
 
 
