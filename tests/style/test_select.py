@@ -223,3 +223,27 @@ def test_real_kernel_pair_separates_kernels(tmp_path: Path) -> None:
     for c in s.extras["clusters"]:
         assert c["size"] == 4 and list(c["tags"]["ConvolutionKernel"].values()) == [4]
     assert (tmp_path / "S" / "contact_sheet.png").exists()
+
+
+def test_cli_pick_styles(synth: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "-n", "3", "--out", str(tmp_path / "S"), "--no-vgg",
+                                 "--candidates-per-case", "2", "--exclude-cases", "white1,smooth1"])
+    assert r.exit_code == 0, r.output
+    s = StyleSet.load(tmp_path / "S")
+    assert {st.case_id.rstrip("01") for st in s.styles} == set(TEXTURES)
+    assert not {st.case_id for st in s.styles} & {"white1", "smooth1"}
+    assert "no label map" in r.output and "contact_sheet.png" in r.output
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "M"),
+                                 "--slices", "white0:1,sharp1:0"])
+    assert r.exit_code == 0, r.output
+    assert [(st.case_id, st.slice) for st in StyleSet.load(tmp_path / "M").styles] == [("white0", 1), ("sharp1", 0)]
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "X"), "--slices", "white0"])
+    assert r.exit_code == 2 and "not CASE:INDEX" in r.output
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "-n", "99", "--out", str(tmp_path / "X"), "--no-vgg"])
+    assert r.exit_code == 2 and "asked for 99 styles" in r.output
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "X"), "--dry-run"])
+    assert r.exit_code == 0 and '"vgg_layers"' in r.output and not (tmp_path / "X").exists()
