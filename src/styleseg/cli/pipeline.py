@@ -1,9 +1,93 @@
-"""CLI commands of the pipeline area (registered on the main app by styleseg.cli)."""
+"""CLI commands of the whole pipeline: ``styleseg run EXPERIMENT.toml`` and ``styleseg demo``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from styleseg.cli import handle_errors
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
+    import time
+
+    from rich.table import Table
+
+    from styleseg.config import dump_toml
+    from styleseg.pipeline import ARM_TITLES, results_table, run_experiment
+
+    con = _console()
+    if dry_run:
+        con.print(f"[bold]run folder:[/] {run_dir}")
+        con.print(dump_toml(cfg.resolved()), highlight=False, markup=False)
+        return
+    t0 = time.time()
+
+    def on_event(stage: str, what: str) -> None:
+        con.print(f"[dim]{time.time() - t0:7.0f} s[/]  [bold]{stage:<18}[/] {what}")
+
+    con.print(f"[bold]styleseg[/] {cfg.name}: run folder {run_dir} (preset {cfg.preset}, arms: "
+              f"{', '.join(cfg.arms)})")
+    summary = run_experiment(cfg, run_dir, on_event=on_event)
+    if summary["all_skipped"]:
+        con.print("[green]Nothing to do:[/] every stage is up to date for this configuration.")
+    rows = results_table(run_dir)
+    if rows:
+        structures = [k for k in rows[0] if k not in ("arm", "pixel_acc")]
+        tab = Table(title="Target test set: mean Dice per structure (pixel accuracy last)")
+        tab.add_column("arm")
+        for s in structures:
+            tab.add_column(s, justify="right")
+        tab.add_column("pixel acc", justify="right")
+        for r in rows:
+            tab.add_row(ARM_TITLES.get(r["arm"], r["arm"]),
+                        *[f"{r[s]:.3f}" if s in r else "-" for s in structures],
+                        f"{r['pixel_acc']:.4f}" if "pixel_acc" in r else "-")
+        con.print(tab)
+    for arm, why in summary["skipped_arms"].items():
+        con.print(f"[yellow]arm {arm} skipped:[/] {why}")
+    con.print(f"total {time.time() - t0:.0f} s; report: [bold]{summary['report']}[/]")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+    """Add ``run`` and ``demo``."""
+
+    @app.command("run")
+    @handle_errors
+    def run_cmd(
+        experiment: Path = typer.Argument(..., help="EXPERIMENT.toml (see examples/)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<toml name>)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and config, run nothing."),
+    ) -> None:
+        """Run every stage of an experiment; finished stages with the same config are skipped.
+
+        Example: styleseg run examples/phantom.toml --out runs/phantom
+        """
+        from styleseg.pipeline import load_experiment
+
+        cfg = load_experiment(experiment)
+        _execute(cfg, out or Path("runs") / experiment.stem, dry_run)
+
+    @app.command("demo")
+    @handle_errors
+    def demo_cmd(
+        out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Run folder."),
+        preset: str = typer.Option("quick", help="quick (CPU, ~15 min) or paper (GPU)."),
+        arms: str = typer.Option("", help="Comma-separated arms (default: all)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and config, run nothing."),
+    ) -> None:
+        """Build the built-in phantom benchmark and run the whole experiment on it.
+
+        Example: styleseg demo --out demo-run
+        """
+        from styleseg.pipeline import demo_config
+
+        cfg = demo_config(preset, tuple(a.strip() for a in arms.split(",") if a.strip()) or None)
+        _execute(cfg, out, dry_run)

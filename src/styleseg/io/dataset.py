@@ -232,3 +232,41 @@ class DatasetWriter:
                 "cases": {k: r.to_json() for k, r in self.records.items()},
             },
         }
+
+
+def subset_dataset(src: str | Path, cases: Sequence[str], out: str | Path, name: str | None = None,
+                   meta: Mapping[str, Any] | None = None, label_role: str | None = None,
+                   overwrite: bool = False) -> Path:
+    """Copy some cases of a dataset into a new dataset folder (atomically; files are copied as they are).
+
+    ``label_role`` moves the labels to another folder: e.g. "labelsTr" turns a target domain's
+    evaluation labels (labelsRef) into training labels for the oracle arm.
+    """
+    import shutil
+
+    ds = Dataset(src)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "output already exists", "choose another output or remove it first")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "imagesTr").mkdir()
+        recs: dict[str, Any] = {}
+        for cid in cases:
+            rec = ds.case(cid)
+            shutil.copy2(ds.image_path(cid), tmp / "imagesTr" / ds.image_path(cid).name)
+            role = rec.labels
+            if rec.labels is not None:
+                role = label_role or rec.labels
+                (tmp / role).mkdir(exist_ok=True)
+                shutil.copy2(ds.label_path(cid), tmp / role / f"{cid}{ds.file_ending}")  # type: ignore[arg-type]
+            recs[cid] = CaseRecord(cid, role, rec.annotated, rec.derived, dict(rec.extras)).to_json()
+        js = dict(ds.json)
+        js["name"] = name or f"{ds.name}-subset"
+        js["numTraining"] = sum(1 for r in recs.values() if r["labels"] == "labelsTr") or len(recs)
+        ext = dict(js.get("styleseg", {}))
+        ext["meta"] = {**ds.meta, **dict(meta or {}), "subset_of": str(Path(src).resolve())}
+        ext["cases"] = recs
+        ext.setdefault("format_version", FORMAT_VERSION)
+        js["styleseg"] = ext
+        write_json(tmp / DATASET_JSON, js)
+    return out

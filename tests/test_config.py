@@ -1,0 +1,54 @@
+"""Config machinery: typos are rejected with a hint; types are checked; hashes are stable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from styleseg.config import check_preset, config_hash, from_dict, to_dict
+from styleseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    layers: tuple[str, ...] = ("a",)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    inner: Inner = field(default_factory=Inner)
+    mode: str | None = None
+
+
+def test_unknown_key_gets_did_you_mean() -> None:
+    with pytest.raises(ConfigError, match=r"exp.toml: unknown key 'stpes'; did you mean 'steps'"):
+        from_dict(Outer, {"stpes": 3}, "exp.toml")
+
+
+def test_types_are_checked_and_nested_tables_built() -> None:
+    cfg = from_dict(Outer, {"steps": 5, "inner": {"lr": 1, "layers": ["b", "c"]}})
+    assert cfg.steps == 5 and cfg.inner.lr == 1.0 and cfg.inner.layers == ("b", "c")
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        from_dict(Outer, {"steps": "5"})
+    with pytest.raises(ConfigError, match=r"inner.lr: expected a number"):
+        from_dict(Outer, {"inner": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"inner: unknown key 'lrr'"):
+        from_dict(Outer, {"inner": {"lrr": 1.0}})
+
+
+def test_round_trip_and_hash() -> None:
+    cfg = from_dict(Outer, {"steps": 7})
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    assert config_hash(cfg) == config_hash(from_dict(Outer, {"steps": 7}))
+    assert config_hash(cfg) != config_hash(from_dict(Outer, {"steps": 8}))
+    assert config_hash(cfg, extra=["a"]) != config_hash(cfg, extra=["b"])
+
+
+def test_preset_names() -> None:
+    assert check_preset("quick") == "quick"
+    with pytest.raises(ConfigError, match="did you mean 'paper'"):
+        check_preset("papr")
