@@ -44,7 +44,7 @@ from styleseg.style.styleset import StyleSet, StyleSlice, slice_volume
 
 log = logging.getLogger("styleseg.style.select")
 
-#: tag keys shown in a cluster's "why" (the tally of every tag is kept in styles.json extras)
+#: tag keys preferred in a cluster's "why" (the tally of every tag is kept in styles.json extras)
 _WHY_KEYS = ("protocol", "ConvolutionKernel", "kernel", "ManufacturerModelName", "model", "Manufacturer")
 
 
@@ -289,8 +289,16 @@ def tally(tag_dicts: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {k: dict(Counter(str(t.get(k, "?")) for t in tag_dicts).most_common()) for k in keys}
 
 
-def _why_tags(t: dict[str, dict[str, int]]) -> str:
-    parts = [f"{k}: " + ", ".join(f"{v} x{c}" for v, c in t[k].items()) for k in _WHY_KEYS if k in t]
+def distinguishing_keys(all_tags: Sequence[dict[str, Any]], limit: int = 4) -> list[str]:
+    """Tag keys whose value differs between slices (those that can explain a cluster), preferred
+    keys (protocol, kernel, model) first; constant tags say nothing about a cluster."""
+    t = tally(all_tags)
+    varying = [k for k, v in t.items() if len(v) > 1]
+    return sorted(varying, key=lambda k: (_WHY_KEYS.index(k) if k in _WHY_KEYS else len(_WHY_KEYS), k))[:limit]
+
+
+def _why_tags(t: dict[str, dict[str, int]], keys: Sequence[str]) -> str:
+    parts = [f"{k}: " + ", ".join(f"{v} x{c}" for v, c in t[k].items()) for k in keys if k in t]
     return "; ".join(parts)
 
 
@@ -441,6 +449,7 @@ def _cluster_styles(cands: list[_Candidate], med: np.ndarray, labels: np.ndarray
                     ) -> tuple[list[StyleSlice], list[dict[str, Any]]]:
     sizes = np.bincount(labels, minlength=len(med))
     order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
+    keys = distinguishing_keys([c.tags for c in cands])
     styles, clusters = [], []
     for idx, ci in enumerate(order):
         members = [cands[j] for j in np.flatnonzero(labels == ci)]
@@ -448,7 +457,7 @@ def _cluster_styles(cands: list[_Candidate], med: np.ndarray, labels: np.ndarray
         t = tally([m.tags for m in members])
         ncase = len({m.case_id for m in members})
         why = (f"medoid of cluster {idx} ({int(sizes[ci])} slices from {ncase} case(s))"
-               + (f"; {_why_tags(t)}" if _why_tags(t) else ""))
+               + (f"; {_why_tags(t, keys)}" if _why_tags(t, keys) else ""))
         styles.append(StyleSlice(index=idx, case_id=c.case_id, slice=c.slice, image=c.image,
                                  cluster_size=int(sizes[ci]), tags=dict(c.tags), why=why))
         clusters.append({"style": idx, "size": int(sizes[ci]), "members": [[m.case_id, m.slice] for m in members],
@@ -474,9 +483,11 @@ def _manual_styles(ds: Dataset, recs: list[CaseRecord], manual: Sequence[tuple[s
 
 
 def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndarray | None = None,
-                  med: np.ndarray | None = None) -> bytes:
-    """PNG bytes: the style slices (soft-tissue window) with cluster size and tags, and (automatic mode)
-    a scatter of all candidates on the first two principal components, coloured by cluster."""
+                  med: np.ndarray | None = None, zoom: int = 96) -> bytes:
+    """PNG bytes: per style, the slice in the soft-tissue window (title: case, slice, cluster size and the
+    tags that differ between candidates) above a ``zoom`` px crop at native resolution around the body
+    centre (texture is invisible at thumbnail scale); in automatic mode a scatter of all candidates on
+    the first two principal components, coloured by cluster, medoids starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,37 +496,46 @@ def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndar
     from styleseg.data.slices import window
 
     n = len(sset.styles)
-    extra = 1 if pts is not None else 0
-    cols = min(n + extra, 4)
-    rows = -(-(n + extra) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    scatter = pts is not None and labels is not None and med is not None
+    cols = n + (2 if scatter else 0)
+    fig = plt.figure(figsize=(2.3 * cols, 5.4))
+    grid = fig.add_gridspec(2, cols)
     cmap = plt.get_cmap("tab10")
+    keys = distinguishing_keys([s.tags for s in sset.styles]) or [k for k in _WHY_KEYS if k in
+                                                                  (sset.styles[0].tags if n else {})][:2]
     for i, s in enumerate(sset.styles):
-        ax = axes.flat[i]
-        ax.imshow(window(s.hu, 40.0, 400.0), cmap="gray", vmin=0, vmax=1)
-        tags = ", ".join(f"{k}={v}" for k, v in s.tags.items() if k in _WHY_KEYS)[:60]
-        ax.set_title(f"style {s.index}: {s.case_id} z={s.slice}\ncluster of {s.cluster_size}"
-                     + (f"\n{tags}" if tags else ""), fontsize=8, color=cmap(i % 10))
-    if pts is not None and labels is not None and med is not None:
-        ax = axes.flat[n]
-        ax.axis("on")
+        img = window(s.hu, 40.0, 400.0)
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        tags = "\n".join(f"{k}={str(s.tags[k])[:18]}" for k in keys if k in s.tags)
+        ax.set_title(f"style {s.index}: {s.case_id[:16]} z={s.slice}\ncluster of {s.cluster_size}"
+                     + (f"\n{tags}" if tags else ""), fontsize=7, color=cmap(i % 10))
+        ax.axis("off")
+        body = derive_body(s.hu)
+        ys, xs = np.nonzero(body)
+        c = (int(ys.mean()), int(xs.mean())) if len(ys) else (img.shape[0] // 2, img.shape[1] // 2)
+        sy, sx = _central_crop(img, c, zoom)
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(img[sy, sx], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{zoom} px at native spacing", fontsize=6)
+        ax.axis("off")
+    if scatter:
+        ax = fig.add_subplot(grid[:, n:])
         sizes = np.bincount(labels, minlength=len(med))
         order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
         y = pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))
         for idx, ci in enumerate(order):
             sel = labels == ci
-            ax.scatter(pts[sel, 0], y[sel], s=12, color=cmap(idx % 10), label=f"style {idx}")
-            ax.scatter(pts[med[ci], 0], y[med[ci]], s=120, marker="*", color=cmap(idx % 10), edgecolor="k")
+            ax.scatter(pts[sel, 0], y[sel], s=14, color=cmap(idx % 10), label=f"style {idx} ({int(sizes[ci])})")
+            ax.scatter(pts[med[ci], 0], y[med[ci]], s=140, marker="*", color=cmap(idx % 10), edgecolor="k")
         ax.set_xlabel("PC1", fontsize=8)
         ax.set_ylabel("PC2", fontsize=8)
-        ax.set_title("candidates (star: medoid)", fontsize=8)
+        ax.set_title("all candidates (star: medoid)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
     fig.suptitle(f"{Path(sset.dataset).name}: {sset.method}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
