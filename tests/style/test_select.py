@@ -247,3 +247,56 @@ def test_cli_pick_styles(synth: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "asked for 99 styles" in r.output
     r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "X"), "--dry-run"])
     assert r.exit_code == 0 and '"vgg_layers"' in r.output and not (tmp_path / "X").exists()
+
+
+class _ThresholdPredictor:
+    """Test double for styleseg.seg.predict.Predictor: lungs where HU < -500 inside a 'body' > -400."""
+
+    calls: list[tuple[int, ...]] = []
+
+    def __init__(self, model_folder: Path, value: int = 1):
+        self.model_folder = Path(model_folder)
+        self.value = 9 if self.model_folder.name == "bad" else value
+
+    def predict_array(self, hu: np.ndarray) -> np.ndarray:
+        _ThresholdPredictor.calls.append(tuple(hu.shape))
+        body = np.stack([ndi.binary_fill_holes(h > -400) for h in hu])
+        return np.where(body & (hu < -500), self.value, np.where(body, 6, 0)).astype(np.uint8)
+
+
+def test_labels_from_model(synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+
+    fake = types.ModuleType("styleseg.seg.predict")
+    fake.Predictor = _ThresholdPredictor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "styleseg.seg.predict", fake)
+    model = tmp_path / "model"
+    model.mkdir()
+    _ThresholdPredictor.calls.clear()
+    r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "S"), "--labels-from", str(model),
+                                 "--slices", "white0:1,smooth1:2,sharp0:0", "--require-labels"])
+    assert r.exit_code == 0, r.output
+    assert "Check and correct" in r.output and "style_01_label.nii.gz, style_02_label.nii.gz" in r.output
+    assert _ThresholdPredictor.calls == [(2, SIZE, SIZE)]  # one batch for the two unlabelled slices
+    s = StyleSet.load(tmp_path / "S")
+    assert [x.label_source for x in s.styles] == ["dataset:labelsRef", f"model:{model.resolve()}",
+                                                  f"model:{model.resolve()}"]
+    _, lab = _phantom("smooth", 11)
+    got = s.styles[1].label_map
+    # the threshold model finds the phantom's lungs (value 1) and body (6); both lungs are 'lung 1' here
+    assert set(np.unique(got)) == {0, 1, 6}
+    lungs = (lab[2] == 1) | (lab[2] == 2)
+    assert ((got == 1) == lungs).mean() > 0.97
+    # a model that returns values outside the schema is refused, and nothing is written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(InputError, match=r"label values \[9\] are not in the label schema"):
+        pick_styles(synth, 1, tmp_path / "S3", manual=[("sharp0", 0)], labels_from=bad)
+    assert not (tmp_path / "S3").exists()
+    with pytest.raises(InputError, match="segmentation model folder does not exist"):
+        pick_styles(synth, 1, tmp_path / "S3", manual=[("sharp0", 0)], labels_from=tmp_path / "nope")
