@@ -1,0 +1,396 @@
+"""Procedural thorax phantoms: noise-free chest CT "patients" (HU) with exact label maps.
+
+A patient is a set of smooth shapes in millimetres (perturbed ellipses: centre, semi-axes, rotation and
+a few angular harmonics of the radius) whose positions and sizes vary smoothly along the body axis,
+parameterised by ``t`` = 0 at the lung apex to 1 at the lung base. Tissue values follow typical chest CT
+(Hounsfield units): air -1000, lung parenchyma about -860 (denser posteriorly, the dependent gradient)
+with vessels, fat -100, muscle 45, contrast-enhanced blood pool 110-240, cortical bone 700-1000,
+cancellous bone 200-300. Lung vessels are the intersection of the zero sets of two smooth 3D Gaussian
+random fields (tubes in 3D, dots and short branches in a slice), thicker near the hilum. A smooth
+low-frequency field adds anatomical texture; there is NO noise (the scanner adds it,
+:mod:`styleseg.sim.scanner`). Everything is deterministic per seed.
+
+Patients vary in size, body shape, fat and muscle thickness, position, lung/heart proportions, heart
+orientation, contrast level and vertebral level. A smaller field of view (e.g. 256 x 256 for the quick
+benchmark) holds a proportionally smaller (paediatric-sized) patient at the same native pixel spacing:
+never a downsampled adult.
+
+Coordinates: x (columns) towards the patient's left, y (rows) towards posterior, as in DICOM/LPS with
+an identity direction: the patient's right lung is on the image's left (radiological display).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from styleseg.io.volume import Volume
+from styleseg.labels import LabelSchema
+
+log = logging.getLogger("styleseg.sim.phantom")
+
+HU = {
+    "air": -1000.0, "fat": -100.0, "muscle": 45.0, "skin": 25.0, "lung": -860.0, "csf": 8.0, "cord": 35.0,
+    "cancellous": 230.0, "cortical": 850.0, "rib": 420.0, "cartilage": 140.0, "liver": 58.0, "spleen": 48.0,
+    "disc": 85.0, "myocardium": 50.0, "oesophagus": 40.0, "table_shell": 250.0, "table_foam": -950.0,
+}
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Phantom grid: ``size`` x ``size`` pixels at ``spacing_mm`` (None: drawn per patient in
+    [0.80, 0.98] mm), ``n_slices`` slices of ``slice_mm`` thickness. ``z_spacing_mm`` None spreads the
+    slices over the lungs (apex to base, ``z_range`` of the lung height); a number makes contiguous
+    slices at that spacing around the middle of the lungs."""
+
+    size: int = 512
+    n_slices: int = 40
+    spacing_mm: float | None = None
+    slice_mm: float = 5.0
+    z_spacing_mm: float | None = None
+    z_range: tuple[float, float] = (0.08, 0.96)
+    table: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size < 64 or self.n_slices < 1 or not 0.3 <= (self.spacing_mm or 0.9) <= 2.0:
+            raise ValueError(f"PhantomConfig: size >= 64, n_slices >= 1, spacing in [0.3, 2] mm ({self})")
+        if not 0.0 <= self.z_range[0] < self.z_range[1] <= 1.0 or not 1.0 <= self.slice_mm <= 10.0:
+            raise ValueError(f"PhantomConfig: z_range within [0, 1] and slice_mm in [1, 10] ({self})")
+
+
+def _smoothstep(a: float, b: float, t: float) -> float:
+    u = min(max((t - a) / (b - a), 0.0), 1.0)
+    return u * u * (3 - 2 * u)
+
+
+def _bump(a: float, b: float, t: float) -> float:
+    """0 outside (a, b), a smooth hump (peak 1) inside."""
+    if t <= a or t >= b:
+        return 0.0
+    return math.sin(math.pi * (t - a) / (b - a))
+
+
+class _Grid:
+    def __init__(self, size: int, spacing: float):
+        c = (np.arange(size) - size // 2) * spacing
+        self.y, self.x = np.meshgrid(c, c, indexing="ij")
+        self.y = self.y.astype(np.float32)
+        self.x = self.x.astype(np.float32)
+        self.sp = spacing
+
+    def rho(self, cx: float, cy: float, ax: float, by: float, angle: float = 0.0,
+            harm: tuple[tuple[float, float], ...] = ()) -> np.ndarray:
+        """Normalised radius of a perturbed ellipse (< 1 inside): r(theta) = 1 + sum a_k cos(k theta + p_k)."""
+        dx, dy = self.x - cx, self.y - cy
+        if angle:
+            ca, sa = math.cos(angle), math.sin(angle)
+            dx, dy = ca * dx + sa * dy, -sa * dx + ca * dy
+        r = np.sqrt((dx / max(ax, 1e-3)) ** 2 + (dy / max(by, 1e-3)) ** 2)
+        if harm:
+            th = np.arctan2(dy / max(by, 1e-3), dx / max(ax, 1e-3))
+            mod = 1.0 + sum(a * np.cos((k + 2) * th + p) for k, (a, p) in enumerate(harm))
+            r = r / mod
+        return r
+
+    def soft(self, rho: np.ndarray, size_mm: float, edge_mm: float = 0.6) -> np.ndarray:
+        """Partial-volume occupancy in [0, 1] of a shape with normalised radius ``rho`` and size ``size_mm``."""
+        return np.clip(0.5 + (1.0 - rho) * size_mm / (2 * edge_mm), 0.0, 1.0).astype(np.float32)
+
+
+def _field(rng: np.random.Generator, nz: int, shape: tuple[int, int], grid_mm: float, corr_mm: float,
+           z_step_mm: float) -> np.ndarray:
+    """Smooth Gaussian random field (nz, h, w) with unit std, correlation ~corr_mm, on a coarse grid."""
+    noise = rng.standard_normal((nz, *shape)).astype(np.float32)
+    sz = corr_mm / max(z_step_mm, 1e-3)
+    f = ndi.gaussian_filter(noise, (sz if nz > 1 else 0, corr_mm / grid_mm, corr_mm / grid_mm), mode="wrap")
+    f /= f.std() + 1e-8
+    return f
+
+
+def _upsample(f: np.ndarray, size: int) -> np.ndarray:
+    z = size / f.shape[0]
+    return ndi.zoom(f, z, order=3, mode="grid-wrap", grid_mode=True)[:size, :size]
+
+
+@dataclass(frozen=True)
+class _Patient:
+    spacing: float
+    s: float  # body scale (1 = adult)
+    A: float
+    B: float
+    cx: float
+    cy: float
+    body_harm: tuple[tuple[float, float], ...]
+    fat: float
+    muscle: float
+    lung_height: float
+    lung_w: float
+    lung_h: float
+    lung_hu: float
+    heart_size: float
+    heart_angle: float
+    heart_x: float
+    blood_hu: float
+    spine_r: float
+    vert_phase: float
+    rib_phase: float
+    eso_air: bool
+    eso_x: float
+    dome_r: float
+    tex_amp: float
+
+
+def _draw_patient(rng: np.random.Generator, cfg: PhantomConfig) -> _Patient:
+    sp = cfg.spacing_mm if cfg.spacing_mm is not None else float(rng.uniform(0.80, 0.98))
+    A = float(rng.uniform(150, 185))
+    B = A * float(rng.uniform(0.62, 0.76))
+    fov_half = cfg.size * sp / 2
+    s = min(1.0, (fov_half - 10.0) / (A * 1.04))
+    u = rng.uniform
+    return _Patient(
+        spacing=sp, s=s, A=A * s, B=B * s, cx=float(u(-6, 6)) * s, cy=float(u(-12, 2)) * s,
+        body_harm=tuple((float(u(0, 0.035)), float(u(0, 2 * np.pi))) for _ in range(3)),
+        fat=float(u(6, 30)) * s, muscle=float(u(9, 17)) * s, lung_height=float(u(230, 290)) * s,
+        lung_w=float(u(0.88, 1.05)), lung_h=float(u(0.85, 1.0)), lung_hu=float(u(-880, -835)),
+        heart_size=float(u(0.85, 1.15)), heart_angle=float(u(-0.75, -0.35)), heart_x=float(u(0.05, 0.2)),
+        blood_hu=float(u(110, 240)), spine_r=float(u(15, 19)) * s, vert_phase=float(u(0, 1)),
+        rib_phase=float(u(0, 2 * np.pi)), eso_air=bool(u() < 0.4), eso_x=float(u(0, 8)) * s,
+        dome_r=float(u(0.75, 1.0)), tex_amp=float(u(4, 9)),
+    )
+
+
+def make_phantom(seed: int, config: PhantomConfig | None = None,
+                 schema: LabelSchema | None = None) -> tuple[Volume, Volume]:
+    """One procedural chest CT patient: (HU volume float32, label volume uint8), same grid.
+
+    Labels follow ``LabelSchema.default()`` (lung_left 1, lung_right 2, heart 3, esophagus 4,
+    spinal_cord 5, body 6 = the rest of the torso). Deterministic per ``seed``.
+    """
+    cfg = config or PhantomConfig()
+    schema = schema or LabelSchema.default()
+    rng = np.random.default_rng(seed)
+    pat = _draw_patient(rng, cfg)
+    n = cfg.n_slices
+    t0, t1 = cfg.z_range
+    if cfg.z_spacing_mm is None:
+        dz = (t1 - t0) * pat.lung_height / max(n - 1, 1)
+        dz = max(dz, cfg.slice_mm) if n > 1 else cfg.slice_mm
+        z_start = t0 * pat.lung_height
+    else:
+        dz = cfg.z_spacing_mm
+        z_start = 0.5 * pat.lung_height - dz * (n - 1) / 2
+    zs = z_start + dz * np.arange(n)
+    grid = _Grid(cfg.size, pat.spacing)
+    coarse_mm = 2.0
+    cn = max(16, int(round(cfg.size * pat.spacing / coarse_mm)))
+    cmm = cfg.size * pat.spacing / cn  # actual coarse grid spacing
+    vess = [_field(rng, n, (cn, cn), cmm, 4.5 * pat.s ** 0.5, dz) for _ in range(2)]
+    tex = _field(rng, n, (cn, cn), cmm, 14.0, dz)
+    hu = np.empty((n, cfg.size, cfg.size), np.float32)
+    lab = np.empty((n, cfg.size, cfg.size), np.uint8)
+    for k, z in enumerate(zs):
+        t = float(z / pat.lung_height)
+        fields = [_upsample(v[k], cfg.size) for v in vess] + [_upsample(tex[k], cfg.size)]
+        hu[k], lab[k] = _slice(grid, pat, t, float(z), fields, cfg, schema)
+    spacing = (pat.spacing, pat.spacing, float(dz))
+    origin = (-(cfg.size // 2) * pat.spacing, -(cfg.size // 2) * pat.spacing, 0.0)
+    tags = {"phantom_seed": int(seed), "slice_thickness_mm": cfg.slice_mm, "patient_scale": round(pat.s, 3),
+            "phantom": True}
+    # slice 0 is the apex and slices run towards the feet; LPS +z is superior, so the z axis points -z
+    direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    img = Volume(hu, spacing, origin, direction, dict(tags))
+    return img, img.with_array(lab)
+
+
+def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], cfg: PhantomConfig,
+           schema: LabelSchema) -> tuple[np.ndarray, np.ndarray]:
+    s = p.s
+    f1, f2, tex = fields
+    # --- body outline, fat, muscle -------------------------------------------------------------
+    wmul = 0.9 + 0.1 * _smoothstep(0.0, 0.5, t)
+    A, B = p.A * wmul, p.B * (0.94 + 0.06 * _smoothstep(0.0, 0.5, t))
+    cx, cy = p.cx, p.cy
+    # flatter back: use a superellipse-like harmonic on the posterior side
+    body_rho = g.rho(cx, cy, A, B, 0.0, p.body_harm)
+    body = g.soft(body_rho, min(A, B))
+    inner_rho = g.rho(cx, cy + 0.1 * p.fat, A - p.fat, B - 0.8 * p.fat, 0.0, p.body_harm)
+    inner = g.soft(inner_rho, min(A, B) - p.fat)
+    ant_wall = 0.8 * p.fat + 0.7 * p.muscle + 8 * s
+    post_wall = 0.8 * p.fat + 0.6 * p.muscle + 34 * s
+    ca = A - p.fat - p.muscle - 7 * s
+    cb = B - (ant_wall + post_wall) / 2
+    ccy = cy + (ant_wall - post_wall) / 2
+    cav_rho = g.rho(cx, ccy, ca, cb, 0.0, p.body_harm[:1])
+    cav = g.soft(cav_rho, min(ca, cb))
+    img = np.full(g.x.shape, HU["air"], np.float32)
+    img = img + body * (HU["fat"] - HU["air"] + 6.0 * tex)
+    skin = body * (1.0 - g.soft(body_rho * (min(A, B) / (min(A, B) - 2.0)), min(A, B)))
+    img += skin * (HU["skin"] - HU["fat"])
+    img += inner * (HU["muscle"] - HU["fat"] + p.tex_amp * tex - body * 0)
+    # ribs: a band just outside the cavity, broken into ribs whose phase advances with z
+    band = (cav_rho > 1.0 + 1.0 / min(ca, cb)) & (cav_rho < 1.0 + 6.5 * s / min(ca, cb))
+    th = np.arctan2((g.y - ccy) / cb, (g.x - cx) / ca)
+    ribs = band & (np.cos(9 * th + p.rib_phase + 2 * np.pi * z / (34.0 * s)) > 0.55)
+    ribs &= np.abs(np.sin(th) - 1.0) > 0.02  # none straight behind the spine
+    ant = np.sin(th) < -0.8
+    rib_f = ndi.gaussian_filter(ribs.astype(np.float32), 0.6 / g.sp * 1.5)
+    img = np.where(ant, img + rib_f * (HU["cartilage"] - img), img + rib_f * (HU["rib"] - img))
+    # thoracic cavity content starts as mediastinal fat
+    img = img + cav * (HU["fat"] - 10 + 5 * tex - img)
+    # --- spine ---------------------------------------------------------------------------------
+    canal_y = ccy + cb + 1 * s
+    vb_y = canal_y - 9 * s - p.spine_r
+    period = 26.0 * s
+    phase = ((z / period) + p.vert_phase) % 1.0
+    disc = phase < 0.18
+    vb_rho = g.rho(cx, vb_y, p.spine_r * 1.1, p.spine_r)
+    vb = g.soft(vb_rho, p.spine_r)
+    vb_in = g.soft(g.rho(cx, vb_y, p.spine_r * 1.1 - 2.0, p.spine_r - 2.0), p.spine_r - 2)
+    para = sum(g.soft(g.rho(cx + sgn * 25 * s, canal_y + 16 * s, 21 * s, 17 * s, sgn * 0.25), 17 * s)
+               for sgn in (-1, 1))
+    img += np.clip(para, 0, 1) * (HU["muscle"] + 4 * tex - img)
+    if disc:
+        img += vb * (HU["disc"] - img)
+    else:
+        img += vb * (HU["cortical"] - img)
+        img += vb_in * (HU["cancellous"] + 25 * tex - img)
+        post = g.soft(g.rho(cx, canal_y, 15 * s, 14 * s), 14 * s) * (g.y > canal_y - 2 * s)
+        spin = g.soft(g.rho(cx, canal_y + 24 * s, 4 * s, 16 * s), 4 * s)
+        trans = sum(g.soft(g.rho(cx + sgn * 24 * s, canal_y - 3 * s, 12 * s, 4.5 * s, sgn * 0.35), 4.5 * s)
+                    for sgn in (-1, 1))
+        bone = np.clip(post + spin + trans, 0, 1)
+        img += bone * (HU["cancellous"] + 150 - img)
+    canal = g.soft(g.rho(cx, canal_y, 9 * s, 7.5 * s), 7.5 * s)
+    img += canal * (HU["csf"] - img)
+    cord_rho = g.rho(cx, canal_y - 0.5 * s, 5.2 * s, 4.2 * s)
+    cord = g.soft(cord_rho, 4.2 * s)
+    img += cord * (HU["cord"] - img)
+    spine_zone = np.maximum(vb, canal)
+    # --- lungs -------------------------------------------------------------------------------------
+    grow = 0.5 + 0.5 * _smoothstep(0.0, 0.4, t)
+    lungs: dict[str, np.ndarray] = {}
+    lung_occ = np.zeros_like(img)
+    for name, sgn in (("lung_right", -1), ("lung_left", 1)):
+        la = 0.56 * ca * p.lung_w * grow * (0.95 if sgn > 0 else 1.0)
+        lb = 1.05 * cb * p.lung_h * (0.6 + 0.4 * grow)
+        lx = cx + sgn * (ca - la * 0.97)
+        ly = ccy + 0.04 * cb + (1 - grow) * 0.3 * cb
+        r = g.rho(lx, ly, la, lb, sgn * 0.08, ((0.03, sgn * 1.0), (0.02, 0.5)))
+        occ = g.soft(r, min(la, lb), 0.8) * cav
+        lungs[name] = occ
+    # mediastinum: central strip widening into the heart levels; heart pushes the left lung aside
+    hp = _bump(0.40, 1.08, t)
+    med_w = (20 + 14 * _smoothstep(0.1, 0.5, t)) * s
+    med = g.soft(g.rho(cx + 4 * s, ccy - 0.1 * cb, med_w, cb * 1.2), med_w, 1.5)
+    ha, hb = 0.33 * ca * p.heart_size * (0.6 + 0.4 * hp), 0.5 * cb * p.heart_size * (0.6 + 0.4 * hp)
+    hx, hy = cx + p.heart_x * ca, ccy - 0.3 * cb
+    heart = np.zeros_like(img)
+    if hp > 0:
+        h_rho = g.rho(hx, hy, ha, hb, p.heart_angle, ((0.04, 0.3),))
+        heart = g.soft(h_rho, min(ha, hb))
+        peri = g.soft(h_rho / (1 + 5 * s / min(ha, hb)), min(ha, hb) + 5 * s)
+        med = np.maximum(med, peri)
+    # aorta and great vessels (labelled body), oesophagus, trachea
+    desc = (cx + 24 * s, vb_y - 6 * s, 11 * s)
+    vessels = [desc] if t > 0.17 else []
+    if 0.2 < t < 0.52:
+        vessels.append((cx - 14 * s, ccy - 0.32 * cb, 14 * s))  # ascending aorta
+    if 0.12 < t < 0.45:
+        vessels.append((cx - 34 * s, ccy - 0.2 * cb, 9 * s))  # superior vena cava
+    if 0.32 < t < 0.46:
+        vessels.append((cx + 16 * s, ccy - 0.36 * cb, 13 * s))  # pulmonary trunk
+    gv = np.zeros_like(img)
+    for vx, vy, vr in vessels:
+        gv = np.maximum(gv, g.soft(g.rho(vx, vy, vr, vr), vr))
+    if 0.15 < t <= 0.2:  # aortic arch
+        arch = g.soft(g.rho(cx + 5 * s, ccy - 0.1 * cb, 30 * s, 10 * s, -0.9), 10 * s)
+        gv = np.maximum(gv, arch)
+    med = np.maximum(med, gv)
+    eso_y = vb_y - p.spine_r - 9 * s
+    eso_x = cx + p.eso_x + 6 * s * t
+    eso_rho = g.rho(eso_x, eso_y, 8 * s, 6 * s, 0.3)
+    eso = g.soft(eso_rho, 6 * s)
+    airways = np.zeros_like(img)
+    if t < 0.38:
+        tr = g.soft(g.rho(cx + 1 * s, eso_y - 16 * s, 9 * s, 8 * s), 8 * s)
+        airways = g.soft(g.rho(cx + 1 * s, eso_y - 16 * s, 7 * s, 6 * s), 6 * s)
+        med = np.maximum(med, tr)
+    elif t < 0.52:
+        off = (t - 0.38) / 0.14 * 40 * s
+        for sgn in (-1, 1):
+            br = g.soft(g.rho(cx + sgn * (8 * s + off), eso_y - 14 * s, 6 * s, 6 * s), 6 * s)
+            airways = np.maximum(airways, g.soft(g.rho(cx + sgn * (8 * s + off), eso_y - 14 * s, 4.5 * s, 4.5 * s),
+                                                 4.5 * s))
+            med = np.maximum(med, br)
+    excl = np.clip(med + spine_zone + eso + g.soft(g.rho(cx, canal_y, 40 * s, 14 * s), 14 * s), 0, 1)
+    # diaphragm domes: liver (right, higher) and spleen/stomach (left) rise into the lung bases
+    dome = np.zeros_like(img)
+    organ_hu = np.zeros_like(img)
+    for sgn, start, ohu in ((-1, 0.78, HU["liver"]), (1, 0.85, HU["spleen"])):
+        rr = _smoothstep(start, 1.08, t) * p.dome_r * 0.85
+        if rr > 0:
+            d = g.soft(g.rho(cx + sgn * 0.4 * ca, ccy - 0.35 * cb, 0.7 * ca * rr, 0.9 * cb * rr), 30 * s)
+            dome = np.maximum(dome, d * cav)
+            organ_hu = np.where(d > 0.5, ohu, organ_hu)
+    for name in lungs:
+        lungs[name] = np.clip(lungs[name] - excl - dome, 0, 1)
+        lung_occ = lung_occ + lungs[name]
+    lung_occ = np.clip(lung_occ, 0, 1)
+    # lung parenchyma: dependent gradient + texture + vessels thicker near the hilum
+    grad = 45.0 * np.clip((g.y - (ccy - cb)) / (2 * cb), 0, 1)
+    hil = np.exp(-(((g.x - cx) / (0.55 * ca)) ** 2 + ((g.y - ccy) / (0.7 * cb)) ** 2))
+    tau = 0.13 + 0.2 * hil
+    vess = np.exp(-(f1**2 + f2**2) / (2 * tau**2))
+    lung_val = p.lung_hu + grad + 15 * tex + vess * (40 - p.lung_hu)
+    img += lung_occ * (lung_val - img)
+    img += dome * (np.where(organ_hu != 0, organ_hu, HU["liver"]) + 5 * tex - img)
+    # mediastinal content on top (vessels with contrast, heart, oesophagus, airways)
+    img += gv * (p.blood_hu + 4 * tex - img)
+    if hp > 0:
+        img += heart * (HU["myocardium"] + 4 * tex - img)
+        chamber_rho = g.rho(hx, hy, ha - 9 * s, hb - 8 * s, p.heart_angle)
+        ch = g.soft(chamber_rho, min(ha, hb) - 8 * s)
+        dxr = (g.x - hx) * math.cos(p.heart_angle) + (g.y - hy) * math.sin(p.heart_angle)
+        septum = np.clip(1.0 - np.abs(dxr + 0.12 * ha) / (4.5 * s), 0, 1)
+        ch = ch * (1 - septum)
+        img += ch * (p.blood_hu + 4 * tex - img)
+    img += eso * (HU["oesophagus"] + 3 * tex - img)
+    if p.eso_air:
+        img += g.soft(g.rho(eso_x, eso_y, 2.2 * s, 1.5 * s), 1.5 * s) * (-800 - img)
+    img += airways * (-990.0 - img)
+    # sternum and scapulae
+    if 0.06 < t < 0.88:
+        st_y = cy - B + p.fat + 0.6 * p.muscle + 5 * s
+        st = g.soft(g.rho(cx, st_y, 13 * s, 6 * s), 6 * s)
+        st_in = g.soft(g.rho(cx, st_y, 11 * s, 4 * s), 4 * s)
+        img += st * (HU["cortical"] - 150 - img) + st_in * (HU["cancellous"] - HU["cortical"] + 150)
+    if t < 0.4:
+        for sgn in (-1, 1):
+            sc_ = g.soft(g.rho(cx + sgn * 0.7 * A, cy + 0.45 * B, 38 * s, 4 * s, sgn * -0.55), 4 * s)
+            img += sc_ * inner * (HU["rib"] - 50 - img)
+    # table under the patient (outside the body label)
+    if cfg.table:
+        ty = cy + B * 1.0 + 8.0
+        tshape = ty + 0.0006 * g.x**2
+        top = np.abs(g.y - tshape - 1.5) < 1.5
+        bottom = np.abs(g.y - tshape - 33.0) < 1.5
+        foam = (g.y > tshape + 3) & (g.y < tshape + 31.5)
+        inside = np.abs(g.x) < 0.95 * A + 20
+        tab = np.where(top | bottom, HU["table_shell"], np.where(foam, HU["table_foam"], HU["air"]))
+        img = np.where(inside & (body < 0.01) & (top | bottom | foam), tab, img).astype(np.float32)
+    img = ndi.gaussian_filter(img, 0.45)
+    # --- labels (slice centre) ---------------------------------------------------------------
+    masks = {
+        "body": body > 0.5,
+        "lung_right": lungs["lung_right"] > 0.5,
+        "lung_left": lungs["lung_left"] > 0.5,
+        "heart": heart > 0.5,
+        "esophagus": eso > 0.5,
+        "spinal_cord": cord > 0.5,
+    }
+    masks = {k: v for k, v in masks.items() if k in schema.names}
+    return img.astype(np.float32), schema.compose(masks, img.shape)
