@@ -1,0 +1,320 @@
+"""DICOM discovery and CT series reading: headers, slice order, HU rescale, geometry, scanner tags.
+
+Discovery reads headers only (``pydicom.dcmread(stop_before_pixels=True)``), so a folder tree of
+thousands of files is indexed in seconds; pixels are read per series when the series is imported.
+
+What counts as bad input (DICOM PS3.3 C.7.6.2 image plane, C.11.1 modality LUT):
+- a file with the ``DICM`` magic that cannot be parsed, or whose pixel data is shorter than
+  ``Rows x Columns x BitsAllocated/8`` (truncated) -> :class:`InputError` naming the file;
+- a file named ``*.dcm``/``*.dicom``/``*.ima`` that is not DICOM -> :class:`InputError` (it claims to
+  be DICOM); any other non-DICOM file (README, DICOMDIR-less notes, .DS_Store, JSON) is ignored
+  quietly and listed in :attr:`DicomScan.ignored`;
+- a CT series with mixed orientations or sizes, duplicate slice positions or uneven slice spacing
+  (a missing slice) -> :class:`InputError` naming the series folder: placing such slices on a
+  regular grid would silently distort the anatomy.
+
+Geometry follows SimpleITK: origin = ImagePositionPatient of the first slice along the slice normal
+``n = row x col`` (ImageOrientationPatient), direction columns (row, col, n) in LPS, spacing
+(PixelSpacing[1], PixelSpacing[0], slice step). HU = stored * RescaleSlope + RescaleIntercept;
+stored values equal to PixelPaddingValue (outside the reconstruction circle, e.g. GE's -2000) are set
+to -1024 HU (air) so windows and texture statistics are not skewed by a -3024 HU ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg.errors import InputError
+from styleseg.io.volume import Volume
+
+log = logging.getLogger("styleseg.io.dicom")
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+PADDING_HU = -1024
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+
+
+@dataclass
+class DicomHeader:
+    """One DICOM file's header (no pixel data) and the identifiers used to group files."""
+
+    path: Path
+    ds: Any  # pydicom.Dataset without pixel data
+    modality: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str | None
+    patient_id: str
+
+    @property
+    def kind(self) -> str:
+        """'ct', 'rtstruct', 'seg' or 'other'."""
+        if self.sop_class_uid == RTSTRUCT_STORAGE or self.modality == "RTSTRUCT":
+            return "rtstruct"
+        if self.sop_class_uid == SEG_STORAGE or self.modality == "SEG":
+            return "seg"
+        if self.modality == "CT" and self.sop_class_uid != ENHANCED_CT_STORAGE:
+            return "ct"
+        return "other"
+
+
+@dataclass
+class DicomScan:
+    """Result of walking SOURCE paths: DICOM headers, ignored non-DICOM files and other files."""
+
+    headers: list[DicomHeader] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[DicomHeader]:
+        return [h for h in self.headers if h.kind == kind]
+
+    def ct_series(self) -> dict[str, list[DicomHeader]]:
+        """CT slices grouped by SeriesInstanceUID (in discovery order)."""
+        out: dict[str, list[DicomHeader]] = {}
+        for h in self.of_kind("ct"):
+            out.setdefault(h.series_uid, []).append(h)
+        return out
+
+
+def iter_files(paths: Iterable[Path]) -> list[Path]:
+    """All regular files under ``paths`` (files as given, folders walked recursively), sorted."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+    return out
+
+
+def read_header(path: Path) -> DicomHeader | None:
+    """Read one file's DICOM header; None if it is not DICOM (and does not claim to be).
+
+    Raises InputError for a corrupt or truncated DICOM file, or a ``.dcm`` file that is not DICOM.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            pixel_at = fp.tell()  # pydicom rewinds to the start of the pixel data element
+    except InvalidDicomError as e:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            raise InputError(path, "is not a DICOM file (no 'DICM' header) although its name says so",
+                             "remove it from the folder or replace it with the original file") from e
+        return None
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on corrupt files
+        raise InputError(path, f"truncated or corrupt DICOM file ({type(e).__name__}: {e})",
+                         "re-export or re-download this file, or use --skip-bad") from e
+    if "SOPInstanceUID" not in ds:
+        raise InputError(path, "DICOM file without SOPInstanceUID (corrupt or truncated header)",
+                         "re-export this file, or use --skip-bad")
+    h = DicomHeader(
+        path=path, ds=ds, modality=str(ds.get("Modality", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")), sop_instance_uid=str(ds.SOPInstanceUID),
+        series_uid=str(ds.get("SeriesInstanceUID", "")), study_uid=str(ds.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(ds.FrameOfReferenceUID) if "FrameOfReferenceUID" in ds else None,
+        patient_id=str(ds.get("PatientID", "") or "anonymous"),
+    )
+    if h.kind == "ct":
+        _check_ct_header(h, pixel_at)
+    return h
+
+
+def _check_ct_header(h: DicomHeader, pixel_at: int) -> None:
+    """Required image-plane tags present, and uncompressed pixel data not shorter than expected."""
+    ds = h.ds
+    missing = [t for t in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+                           "BitsAllocated") if t not in ds]
+    if missing:
+        raise InputError(h.path, f"CT image lacks required tags {missing}",
+                         "re-export the series with full headers, or use --skip-bad")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if ts in _UNCOMPRESSED:
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(ds.get("SamplesPerPixel", 1))
+        size = h.path.stat().st_size
+        needed = pixel_at + 8 + expected  # element header (>= 8 bytes) + pixel values
+        if size < needed:
+            raise InputError(h.path, f"truncated DICOM file: {size} bytes, but its header and "
+                             f"{ds.Rows}x{ds.Columns} pixels need at least {needed}",
+                             "re-export or re-download this file, or use --skip-bad")
+
+
+def scan_dicom(paths: Sequence[Path], skip_bad: bool = False) -> DicomScan:
+    """Index every file under ``paths``: DICOM headers, ignored non-DICOM files, bad files.
+
+    NIfTI and JSON files are not DICOM and are left to the caller (listed in ``ignored``).
+    With ``skip_bad`` a corrupt file is listed in ``bad`` instead of raising.
+    """
+    scan = DicomScan()
+    for f in iter_files(paths):
+        if f.name in _SKIP_NAMES or f.name.lower().endswith((".nii", ".nii.gz", ".json", ".toml")):
+            scan.ignored.append(f)
+            continue
+        try:
+            h = read_header(f)
+        except InputError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", e)
+            scan.bad.append((f, e.problem))
+            continue
+        if h is None:
+            log.debug("ignoring non-DICOM file %s", f)
+            scan.ignored.append(f)
+        else:
+            scan.headers.append(h)
+    return scan
+
+
+def _floats(v: Any) -> list[float]:
+    return [float(x) for x in v]
+
+
+def slice_geometry(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], dict[str, Any]]:
+    """Sort a CT series along its slice normal and derive spacing, origin and direction (LPS).
+
+    Raises InputError (naming the series folder) for mixed orientation/size, duplicate positions or
+    uneven slice spacing.
+    """
+    where = headers[0].path.parent
+    ds0 = headers[0].ds
+    iop = np.array(_floats(ds0.ImageOrientationPatient))
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    for h in headers[1:]:
+        if not np.allclose(_floats(h.ds.ImageOrientationPatient), iop, atol=1e-4):
+            raise InputError(h.path, "slice orientation differs from the rest of its series "
+                             f"({list(h.ds.ImageOrientationPatient)} vs {list(iop)})",
+                             "split the series, or import the files separately")
+        if (h.ds.Rows, h.ds.Columns) != (ds0.Rows, ds0.Columns):
+            raise InputError(h.path, f"slice size {h.ds.Rows}x{h.ds.Columns} differs from the series' "
+                             f"{ds0.Rows}x{ds0.Columns}", "split the series, or use --skip-bad")
+    pos = np.array([np.dot(_floats(h.ds.ImagePositionPatient), normal) for h in headers])
+    order = np.argsort(pos, kind="stable")
+    headers = [headers[i] for i in order]
+    pos = pos[order]
+    ps = _floats(ds0.PixelSpacing)
+    if len(headers) > 1:
+        d = np.diff(pos)
+        if np.any(d < 1e-3):
+            i = int(np.argmin(d))
+            raise InputError(where, f"two slices at the same position {pos[i]:.2f} mm ({headers[i].path.name}, "
+                             f"{headers[i + 1].path.name}): the series holds more than one volume",
+                             "separate the acquisitions into their own folders, or use --skip-bad")
+        step = float(np.median(d))
+        if np.max(np.abs(d - step)) > max(0.01 * step, 0.01):
+            j = int(np.argmax(np.abs(d - step)))
+            raise InputError(where, f"uneven slice spacing: {d[j]:.3f} mm after {headers[j].path.name} vs "
+                             f"{step:.3f} mm elsewhere (a missing slice?)",
+                             "add the missing slices, or use --skip-bad to leave this series out")
+    else:
+        step = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+    direction = tuple(np.stack([row, col, normal], axis=1).reshape(-1).tolist())
+    geom = {"spacing": (ps[1], ps[0], abs(step)), "origin": tuple(_floats(headers[0].ds.ImagePositionPatient)),
+            "direction": direction}
+    return headers, geom
+
+
+def read_ct_series(headers: Sequence[DicomHeader]) -> Volume:
+    """Read a CT series (one SeriesInstanceUID) into an int16 HU Volume with LPS geometry.
+
+    ``tags`` holds ``scanner`` (see :func:`scanner_tags`), the series identifiers and the sorted
+    source files. Raises InputError naming the file whose pixels cannot be read.
+    """
+    import pydicom
+
+    headers, geom = slice_geometry(list(headers))
+    ds0 = headers[0].ds
+    out = np.empty((len(headers), int(ds0.Rows), int(ds0.Columns)), np.int16)
+    n_pad = 0
+    for k, h in enumerate(headers):
+        try:
+            ds = pydicom.dcmread(h.path)
+            raw = ds.pixel_array
+        except Exception as e:  # noqa: BLE001
+            raise InputError(h.path, f"cannot read pixel data ({type(e).__name__}: {e}); the file is truncated "
+                             "or corrupt", "re-export or re-download this file, or use --skip-bad") from e
+        if raw.shape != out.shape[1:]:
+            raise InputError(h.path, f"pixel data shape {raw.shape} != Rows x Columns {out.shape[1:]}")
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        hu = raw.astype(np.float32) * slope + intercept
+        pad = ds.get("PixelPaddingValue")
+        if pad is not None:
+            m = raw == pad
+            n_pad += int(m.sum())
+            hu[m] = PADDING_HU
+        out[k] = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    if n_pad:
+        log.debug("%s: %d padding pixels set to %d HU", headers[0].path.parent, n_pad, PADDING_HU)
+    tags = {
+        "scanner": scanner_tags(ds0),
+        "SeriesInstanceUID": headers[0].series_uid,
+        "StudyInstanceUID": headers[0].study_uid,
+        "FrameOfReferenceUID": headers[0].frame_of_reference_uid,
+        "PatientID": headers[0].patient_id,
+        "source_files": [str(h.path) for h in headers],
+    }
+    return Volume(out, geom["spacing"], geom["origin"], geom["direction"], tags)
+
+
+def scanner_tags(ds: Any) -> dict[str, Any]:
+    """Acquisition tags that shape CT texture: vendor, model, kernel, kVp, mAs, CTDIvol, thickness, spacing.
+
+    ``mAs`` is Exposure (0018,1152) when present, else XRayTubeCurrent x ExposureTime / 1000. Absent tags
+    are left out.
+    """
+
+    def val(name: str) -> Any:
+        v = ds.get(name)
+        if v is None or v == "":
+            return None
+        if isinstance(v, str | bytes):
+            return str(v).strip()
+        try:
+            if hasattr(v, "__iter__"):
+                return [float(x) if _is_number(x) else str(x) for x in v]
+            return float(v) if _is_number(v) else str(v)
+        except TypeError:
+            return str(v)
+
+    out: dict[str, Any] = {}
+    for name in ("Manufacturer", "ManufacturerModelName", "ConvolutionKernel", "KVP", "Exposure",
+                 "XRayTubeCurrent", "ExposureTime", "CTDIvol", "SliceThickness", "PixelSpacing",
+                 "SeriesDescription", "StudyDate"):
+        v = val(name)
+        if v is not None:
+            out[name] = v
+    if isinstance(out.get("ConvolutionKernel"), list):
+        out["ConvolutionKernel"] = "\\".join(str(x) for x in out["ConvolutionKernel"])
+    if "Exposure" in out:
+        out["mAs"] = out["Exposure"]
+    elif "XRayTubeCurrent" in out and "ExposureTime" in out:
+        out["mAs"] = round(float(out["XRayTubeCurrent"]) * float(out["ExposureTime"]) / 1000.0, 3)
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,382 @@
+"""``styleseg import``: DICOM series (+ RTSTRUCT / DICOM SEG) and NIfTI pairs -> one dataset folder.
+
+Sources are discovered first (DICOM headers only, NIfTI pairs by name), every reference is resolved and
+every bad input is found *before* the first volume is written; the dataset is then written through
+:class:`~styleseg.io.dataset.DatasetWriter`, which renames a complete folder into place or leaves
+nothing. With ``skip_bad`` bad inputs are listed in the :class:`ImportReport` instead of raising.
+
+Case extras in dataset.json: ``source_files``, ``source`` ("dicom" | "nifti"), ``scanner`` (DICOM tags,
+see :func:`styleseg.io.dicom.scanner_tags`), ``rois`` (raw ROI name -> structure or null), ``notes``.
+``annotated`` lists the structures found (contoured / labelled); when the schema has ``body`` and a
+labelled case has no body contour, body is derived from the image (:func:`styleseg.labels.add_body`)
+and listed in both ``derived`` and ``annotated``. Unlabelled cases get no label file (no derived body):
+they are target data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg.errors import InputError
+from styleseg.io.dataset import DatasetWriter, safe_case_id
+from styleseg.io.dicom import DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
+from styleseg.io.rtstruct import MaskSet, rasterise_rtstruct, read_seg, rtstruct_references, seg_references
+from styleseg.io.volume import Volume, check_same_grid, is_nifti, read_nifti
+from styleseg.labels import LabelSchema, add_body
+
+log = logging.getLogger("styleseg.io.importer")
+
+#: (image suffix, label suffix) naming conventions for NIfTI pairs, tried in order.
+NIFTI_PAIRS = (("_ct", "_labels"), ("_ct", "_label"), ("_image", "_label"), ("_img", "_seg"), ("_0000", ""))
+LABEL_SUFFIXES = ("_labels", "_label", "_seg", "_mask")
+
+Source = Path | str | tuple[Path | str, Path | str | None]
+
+
+@dataclass
+class ImportedCase:
+    case_id: str
+    source: str  # "dicom" or "nifti"
+    shape: tuple[int, int, int]
+    annotated: tuple[str, ...]
+    derived: tuple[str, ...]
+    files: int
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote and what it left out (and why)."""
+
+    out: Path
+    cases: list[ImportedCase] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ignored: list[str] = field(default_factory=list)  # non-DICOM, non-NIfTI files
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _DicomCase:
+    case_id: str
+    ct: list[DicomHeader]
+    structs: list[DicomHeader] = field(default_factory=list)  # RTSTRUCT and SEG headers
+
+
+@dataclass
+class _NiftiCase:
+    case_id: str
+    image: Path
+    label: Path | None
+    annotated: list[str] | None = None
+
+
+def _strip_nii(name: str) -> str:
+    return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
+
+
+def load_structure_map(path: str | Path | None) -> dict[str, str] | None:
+    """Read MAP.toml: a ``[structures]`` table of raw ROI name = schema structure name."""
+    if path is None:
+        return None
+    from styleseg.config import load_toml
+
+    data = load_toml(Path(path))
+    table = data.get("structures", data)
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise InputError(path, "expected a [structures] table of ROI name = structure name strings",
+                         'write e.g.\n[structures]\n"LUNG_TOTAL_L" = "lung_left"')
+    return {str(k): v for k, v in table.items()}
+
+
+def load_cases_json(path: str | Path) -> tuple[dict[str, list[str]], dict[str, int] | None]:
+    """Per-case annotated structures (and the file's label values) from a cases.json.
+
+    Accepts ``{"labels": {...}, "cases": [{"id": ..., "annotated": [...]}, ...]}`` (../shared/data/nsclc)
+    or ``{"cases": {"ID": {"annotated": [...]}}}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "cases JSON does not exist", "check the --cases-json path")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON ({e})") from e
+    cases = data.get("cases", {})
+    items = cases.items() if isinstance(cases, dict) else ((c.get("id"), c) for c in cases)
+    out = {str(cid): list(c.get("annotated", [])) for cid, c in items if cid is not None}
+    labels = data.get("labels")
+    return out, ({str(k): int(v) for k, v in labels.items()} if isinstance(labels, dict) else None)
+
+
+def _label_for(image: Path) -> tuple[str, Path | None]:
+    """Case id and label file of a NIfTI image, by the NIFTI_PAIRS naming conventions (None: unlabelled)."""
+    stem = _strip_nii(image.name)
+    for img_sfx, lab_sfx in NIFTI_PAIRS:
+        if img_sfx and stem.endswith(img_sfx):
+            base = stem[: -len(img_sfx)]
+            folder = image.parent.parent / "labelsTr" if lab_sfx == "" else image.parent
+            for ext in (".nii.gz", ".nii"):
+                if (folder / f"{base}{lab_sfx}{ext}").is_file():
+                    return base, folder / f"{base}{lab_sfx}{ext}"
+            return base, None
+    for sfx in LABEL_SUFFIXES:
+        for ext in (".nii.gz", ".nii"):
+            if (image.parent / f"{stem}{sfx}{ext}").is_file():
+                return stem, image.parent / f"{stem}{sfx}{ext}"
+    return stem, None
+
+
+def _find_nifti(files: Sequence[Path], pairs: list[_NiftiCase]) -> set[Path]:
+    """Append a case per NIfTI image (paired with its label by name); return the files used."""
+    claimed: set[Path] = set()
+    for f in files:
+        stem = _strip_nii(f.name)
+        if not is_nifti(f) or stem.endswith(LABEL_SUFFIXES) or f.parent.name in ("labelsTr", "labelsTs", "labelsRef"):
+            continue
+        cid, lab = _label_for(f)
+        pairs.append(_NiftiCase(cid, f, lab))
+        claimed.update({f} | ({lab} if lab else set()))
+    claimed.update(f for f in files if is_nifti(f))  # stray label files are not "ignored" noise either
+    return claimed
+
+
+def _match_struct(h: DicomHeader, series: Mapping[str, list[DicomHeader]]) -> str | None:
+    """The CT series an RTSTRUCT/SEG refers to: by image instances, then series UID, then frame of reference."""
+    refs = rtstruct_references(h.ds) if h.kind == "rtstruct" else seg_references(h.ds)
+    if refs.sop_uids:
+        for uid, hs in series.items():
+            if refs.sop_uids & {x.sop_instance_uid for x in hs}:
+                return uid
+    for uid in refs.series_uids:
+        if uid in series:
+            return uid
+    same_for = [uid for uid, hs in series.items() if refs.frame_of_reference_uid
+                and hs[0].frame_of_reference_uid == refs.frame_of_reference_uid]
+    if len(same_for) == 1:
+        return same_for[0]
+    return None
+
+
+def _dicom_cases(scan: DicomScan, report: ImportReport, skip_bad: bool) -> list[_DicomCase]:
+    series = scan.ct_series()
+    by_patient: dict[str, list[str]] = {}
+    for uid, hs in series.items():
+        by_patient.setdefault(hs[0].patient_id, []).append(uid)
+    cases: dict[str, _DicomCase] = {}
+    used: set[str] = set()
+    for uid, hs in series.items():
+        ds = hs[0].ds
+        cid = hs[0].patient_id
+        if len(by_patient[cid]) > 1:
+            cid = f"{cid}_{ds.get('StudyDate', '') or 'nodate'}_s{ds.get('SeriesNumber', '') or 0}"
+        cid = safe_case_id(cid)
+        base, n = cid, 2
+        while cid in used:
+            cid, n = f"{base}_{n}", n + 1
+        used.add(cid)
+        cases[uid] = _DicomCase(cid, hs)
+    for h in scan.of_kind("rtstruct") + scan.of_kind("seg"):
+        uid = _match_struct(h, series)
+        if uid is None:
+            refs = rtstruct_references(h.ds) if h.kind == "rtstruct" else seg_references(h.ds)
+            err = InputError(h.path, f"{h.kind.upper()} references CT series {sorted(refs.series_uids) or '?'} "
+                             f"(frame of reference {refs.frame_of_reference_uid}), which is not among the inputs",
+                             "add the CT series folder to the SOURCE list, or use --skip-bad")
+            if not skip_bad:
+                raise err
+            log.warning("skipping %s", err)
+            report.skipped.append((str(h.path), err.problem))
+            continue
+        cases[uid].structs.append(h)
+    for h in scan.of_kind("other"):
+        report.notes.append(f"{h.path}: modality {h.modality or '?'} is not imported (CT, RTSTRUCT and SEG are)")
+    return list(cases.values())
+
+
+def _finish_label(case_id: str, image: Volume, label: np.ndarray, annotated: list[str], schema: LabelSchema,
+                  derive_body: bool) -> tuple[np.ndarray, list[str], list[str]]:
+    derived: list[str] = []
+    if derive_body and "body" in schema.names and "body" not in annotated:
+        label = add_body(label, image.array, schema)
+        derived.append("body")
+        annotated = [*annotated, "body"]
+        log.debug("%s: body derived from the image", case_id)
+    order = {n: i for i, n in enumerate(schema.names)}
+    return label, sorted(set(annotated), key=order.__getitem__), derived
+
+
+def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, structure_map: Mapping[str, str] | None,
+                      derive_body: bool, report: ImportReport) -> None:
+    import pydicom
+
+    image = read_ct_series(c.ct)
+    masks = MaskSet()
+    for h in c.structs:
+        if h.kind == "rtstruct":
+            masks.merge(rasterise_rtstruct(h.ds, image, schema, structure_map, h.path))
+        else:
+            try:
+                ds = pydicom.dcmread(h.path)
+            except Exception as e:  # noqa: BLE001
+                raise InputError(h.path, f"cannot read DICOM SEG ({e})", "re-export it, or use --skip-bad") from e
+            masks.merge(read_seg(ds, image, schema, structure_map, h.path))
+    extras: dict[str, Any] = {
+        "source": "dicom", "scanner": image.tags["scanner"],
+        "source_files": image.tags["source_files"] + [str(h.path) for h in c.structs],
+        "SeriesInstanceUID": image.tags["SeriesInstanceUID"], "PatientID": image.tags["PatientID"],
+    }
+    label_vol = None
+    annotated: list[str] = []
+    derived: list[str] = []
+    if c.structs:
+        annotated = [n for n, m in masks.masks.items() if m.any()]
+        label = schema.compose({n: masks.masks[n] for n in annotated}, image.shape)
+        label, annotated, derived = _finish_label(c.case_id, image, label, annotated, schema, derive_body)
+        label_vol = image.with_array(label)
+        extras["rois"] = masks.rois
+        if masks.notes:
+            extras["notes"] = masks.notes
+    w.add_case(c.case_id, image, label_vol, annotated=annotated if label_vol is not None else None,
+               derived=derived, **extras)
+    report.cases.append(ImportedCase(c.case_id, "dicom", image.shape, tuple(annotated), tuple(derived),
+                                     len(extras["source_files"])))
+
+
+def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
+                      derive_body: bool, report: ImportReport) -> None:
+    image = read_nifti(c.image)
+    label_vol = None
+    annotated: list[str] = []
+    derived: list[str] = []
+    extras: dict[str, Any] = {"source": "nifti", "source_files": [str(c.image)] + ([str(c.label)] if c.label else [])}
+    if c.label is not None:
+        lab = read_nifti(c.label)
+        check_same_grid(image, lab, c.label)
+        arr = np.asarray(lab.array)
+        if remap:
+            out = np.zeros(arr.shape, np.uint8)
+            for src, dst in remap.items():
+                out[arr == src] = dst
+            unknown = sorted(set(np.unique(arr).tolist()) - set(remap) - {0})
+            if unknown:
+                raise InputError(c.label, f"label values {unknown} are not listed in the cases JSON labels",
+                                 "add them to its 'labels' table")
+            arr = out
+        schema.check_label_values(arr, str(c.label))
+        arr = arr.astype(np.uint8)
+        present = [n for n, v in schema.structures if np.any(arr == v)]
+        annotated = list(c.annotated) if c.annotated is not None else present
+        bad = sorted(set(annotated) - set(schema.names))
+        if bad:
+            raise InputError(c.label, f"cases JSON lists structures {bad} that are not in the label schema")
+        arr, annotated, derived = _finish_label(c.case_id, image, arr, annotated, schema, derive_body)
+        label_vol = image.with_array(arr)
+    w.add_case(c.case_id, image, label_vol, annotated=annotated if label_vol is not None else None,
+               derived=derived, **extras)
+    report.cases.append(ImportedCase(c.case_id, "nifti", image.shape, tuple(annotated), tuple(derived),
+                                     len(extras["source_files"])))
+
+
+def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSchema | None = None,
+                   structure_map: Mapping[str, str] | None = None, skip_bad: bool = False, derive_body: bool = True,
+                   name: str | None = None, cases_json: str | Path | None = None,
+                   overwrite: bool = False) -> ImportReport:
+    """Import DICOM folder trees (CT + RTSTRUCT/SEG) and NIfTI pairs into a dataset folder at ``out``.
+
+    ``sources``: folders or files; a ``(image, label)`` tuple is an explicit NIfTI pair (label may be
+    None). ``structure_map``: raw ROI name -> schema structure (MAP.toml ``[structures]``).
+    ``cases_json``: per-case annotated structures for NIfTI cases (default: a ``cases.json`` beside
+    the NIfTI files if present). Raises InputError naming the file for bad input unless ``skip_bad``.
+    """
+    schema = schema or LabelSchema.default()
+    out = Path(out)
+    report = ImportReport(out)
+    if not sources:
+        raise InputError(None, "no SOURCE given", "pass DICOM folders or NIfTI files")
+    paths: list[Path] = []
+    pairs: list[_NiftiCase] = []
+    for s in sources:
+        if isinstance(s, tuple):
+            img, lab = Path(s[0]), (Path(s[1]) if s[1] is not None else None)
+            for p in (img, lab):
+                if p is not None and not p.exists():
+                    raise InputError(p, "does not exist", "check the path")
+            pairs.append(_NiftiCase(_strip_nii(img.name).removesuffix("_ct"), img, lab))
+            continue
+        p = Path(s)
+        if not p.exists():
+            raise InputError(p, "does not exist", "check the path")
+        if p.is_dir() and not any(f.is_file() for f in p.rglob("*")):
+            raise InputError(p, "folder is empty (no files below it)", "point SOURCE at the folder holding the data")
+        paths.append(p)
+    files = iter_files(paths)
+    claimed = _find_nifti(files, pairs)
+    scan = scan_dicom(paths, skip_bad=skip_bad)
+    report.skipped.extend((str(f), why) for f, why in scan.bad)
+    report.ignored.extend(str(f) for f in scan.ignored if f not in claimed and not f.name.endswith((".json", ".toml")))
+
+    # per-case annotated lists for NIfTI cases
+    remap: dict[int, int] | None = None
+    jsons = [Path(cases_json)] if cases_json else sorted({c.image.parent / "cases.json" for c in pairs
+                                                        if (c.image.parent / "cases.json").exists()})
+    for jp in jsons:
+        ann, labels = load_cases_json(jp)
+        if labels:
+            missing = sorted(set(labels) - set(schema.names))
+            if missing:
+                raise InputError(jp, f"label names {missing} are not in the label schema ({', '.join(schema.names)})")
+            remap = {v: schema.value(k) for k, v in labels.items()}
+        for c in pairs:
+            if c.case_id in ann and c.label is not None:
+                c.annotated = ann[c.case_id]
+
+    dicom_cases = _dicom_cases(scan, report, skip_bad)
+    # a series with a bad slice is skipped as a whole (a gap would distort the volume)
+    bad_files = {Path(p) for p, _ in report.skipped}
+    kept: list[_DicomCase] = []
+    for c in dicom_cases:
+        if bad_files & {h.path for h in c.ct}:
+            report.skipped.append((str(c.ct[0].path.parent), f"CT series of case {c.case_id} has a bad file"))
+        else:
+            kept.append(c)
+    if not kept and not pairs:
+        where = paths[0] if len(paths) == 1 else None
+        raise InputError(where, f"no CT series or NIfTI image found in {', '.join(map(str, paths))} "
+                         f"({len(report.ignored)} non-DICOM files ignored, {len(report.skipped)} bad)",
+                         "point SOURCE at DICOM CT folders or NIfTI images (X_ct.nii.gz [+ X_labels.nii.gz])")
+    ids = [c.case_id for c in kept] + [c.case_id for c in pairs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(None, f"duplicate case ids {dup} across the sources", "import them into separate datasets")
+
+    meta = {"sources": [str(p) for p in paths] + [str(c.image) for c in pairs if c.image not in claimed],
+            "importer": "styleseg import"}
+    with DatasetWriter(out, name or out.name, schema, meta=meta, overwrite=overwrite) as w:
+        for c in kept:
+            _guard(lambda c=c: _write_dicom_case(w, c, schema, structure_map, derive_body, report),
+                   c.ct[0].path.parent, skip_bad, report)
+        for c in pairs:
+            _guard(lambda c=c: _write_nifti_case(w, c, schema, remap, derive_body, report), c.image, skip_bad, report)
+        if not w.records:
+            raise InputError(None, "every case was bad; nothing was imported: "
+                             + "; ".join(f"{p}: {r}" for p, r in report.skipped), "fix the inputs listed")
+        w.meta["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
+    log.info("imported %d cases into %s (%d skipped)", len(report.cases), out, len(report.skipped))
+    return report
+
+
+def _guard(fn: Any, where: Path, skip_bad: bool, report: ImportReport) -> None:
+    """Run one case's import; with skip_bad an InputError skips the case instead of aborting."""
+    try:
+        fn()
+    except InputError as e:
+        if not skip_bad:
+            raise
+        log.warning("skipping %s", e)
+        report.skipped.append((str(e.path or where), e.problem))
