@@ -48,10 +48,13 @@ from styleseg.errors import ConfigError
 log = logging.getLogger("styleseg.sim.scanner")
 
 MU_WATER_PER_MM = 0.0193  #: water at ~70 keV effective energy (NIST XCOM), 1/mm
-I0_REF = 4.0e5  #: incident photons per ray at the reference dose (standard protocol, 5 mm slice)
+I0_REF = 1.2e5  #: incident photons per ray at the reference dose (standard protocol, 5 mm slice)
 REF_SLICE_MM = 5.0
 COUNT_FLOOR = 0.5  #: detected counts are clamped here before the log (scanners do the same)
 NUFFT_EPS = 1e-5
+#: AEC reference: 90th percentile of a slice's line integrals for an average adult chest (phantom, 0.9 mm)
+AEC_REF_P90 = 3.9
+AEC_RANGE = (0.05, 4.0)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Protocol:
     blur_mm: float = 0.35  #: Gaussian focal-spot/detector blur of the signal (sigma, mm)
     slice_mm: float = REF_SLICE_MM
     views: int = 720
+    aec: bool = True  #: automatic exposure control: scale I0 with the patient's attenuation (see reimage)
 
     def __post_init__(self) -> None:
         check_dose_fraction(self.dose_fraction)
@@ -340,14 +344,15 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
     win_t = get_kernel(prot.kernel).window(nu)
     blur = np.exp(-2 * (np.pi * prot.blur_mm * nu) ** 2)
     out = np.empty(arr.shape, np.float32)
-    for i0 in range(0, arr.shape[0], batch):
-        chunk = arr[i0:i0 + batch]
+    for start in range(0, arr.shape[0], batch):
+        chunk = arr[start:start + batch]
         mu = MU_WATER_PER_MM * spacing_mm * (1.0 + np.maximum(chunk, -1000.0) / 1000.0)  # per pixel
         pf = project_fourier(mu, geom)
         if noise_free_input:
             pf_sig = pf * blur
             p = fourier_to_sinogram(pf_sig, geom)
-            dp = _noise(p, prot.i0, prot.electronic_noise, rng)
+            i0 = prot.i0 * _aec_factor(p) if prot.aec else np.full(p.shape[0], prot.i0)
+            dp = np.stack([_noise(p[j], i0[j], prot.electronic_noise, rng) for j in range(p.shape[0])])
             q = (pf_sig + sinogram_to_fourier(dp, geom)) * (geom.ramp * win_t)
         else:
             win_s = get_kernel("standard").window(nu)
@@ -359,8 +364,15 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
             else:
                 q = pf * (geom.ramp * ratio)
         mu_rec = backproject_fourier(q, geom)
-        out[i0:i0 + batch] = (1000.0 * (mu_rec / (MU_WATER_PER_MM * spacing_mm) - 1.0)).astype(np.float32)
+        out[start:start + batch] = (1000.0 * (mu_rec / (MU_WATER_PER_MM * spacing_mm) - 1.0)).astype(np.float32)
     return out[0] if squeeze else out
+
+
+def _aec_factor(p: np.ndarray) -> np.ndarray:
+    """Automatic exposure control: per slice, scale I0 by exp(p90 - AEC_REF_P90) (clipped to AEC_RANGE),
+    so a smaller patient gets fewer photons and about the noise of an average adult (as AEC aims for)."""
+    p90 = np.percentile(p.reshape(p.shape[0], -1), 90, axis=1)
+    return np.clip(np.exp(p90 - AEC_REF_P90), *AEC_RANGE)
 
 
 def _noise(p: np.ndarray, i0: float, sigma_e: float, rng: np.random.Generator) -> np.ndarray:
