@@ -18,8 +18,8 @@ from styleseg.style.select import (
     SelectConfig,
     candidate_slices,
     kmedoids,
-    nps_features,
     pick_styles,
+    region_descriptor,
     standardise_blocks,
     tally,
 )
@@ -27,7 +27,7 @@ from styleseg.style.styleset import StyleSet
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TEXTURES = ("white", "smooth", "sharp")
-SIZE = 112
+SIZE = 176  # large enough for 32 px soft-tissue NPS ROIs (styleseg.sim.nps)
 
 
 def _noise(kind: str, rng: np.random.Generator, shape: tuple[int, ...], sd: float = 25.0) -> np.ndarray:
@@ -43,6 +43,8 @@ def _phantom(kind: str, seed: int, nz: int = 4) -> tuple[np.ndarray, np.ndarray]
     """A thorax-like phantom (body disk, two lungs, a 'heart') with one noise texture; HU + labels."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:SIZE, :SIZE] - SIZE / 2 + 0.5
+    q = SIZE / 112  # geometry designed at 112 px
+    x, y = x / q, y / q
     r = 44 + 2 * rng.random()
     body = (x / r) ** 2 + (y / (0.8 * r)) ** 2 < 1
     lung_l = ((x - 17) / 11) ** 2 + (y / 19) ** 2 < 1
@@ -101,18 +103,19 @@ def test_standardise_blocks_equal_weight_and_nan() -> None:
     np.testing.assert_allclose(z[1], [1 / np.sqrt(2), 0.0, 0.5, 0.5, 0.5, 0.0])
 
 
-def test_nps_features_white_noise_level_and_shape() -> None:
+def test_region_descriptor_white_noise_level_and_shape() -> None:
     rng = np.random.default_rng(0)
     hu = rng.normal(0, 20, (128, 128))
     region = np.ones_like(hu, bool)
-    f = nps_features(hu, region, (0.5, 0.5), r=32, bins=4)
+    f = region_descriptor(hu, region, r=32)
     # detrending removes 6 of 1024 degrees of freedom, the lower-half selection biases std down a little
-    assert 17.0 < np.exp(f[0]) < 20.5
-    # white noise: the radial NPS is flat, so each of 4 bins holds ~1/4 of the sum
-    np.testing.assert_allclose(np.exp(f[3:]), 0.25, atol=0.05)
-    smooth = nps_features(ndi.gaussian_filter(hu, 2.0), region, (0.5, 0.5), r=32, bins=4)
+    assert 17.0 < 10 ** f[0] < 20.5
+    # white noise (per pixel): a flat radial NPS at sigma^2 = 400 HU^2 px^2, so log10 ~ 2.6 everywhere
+    np.testing.assert_allclose(f[3:], np.log10(400.0), atol=0.25)
+    smooth = region_descriptor(ndi.gaussian_filter(hu, 2.0), region, r=32)
     assert smooth[1] < 0.5 * f[1]  # mean frequency drops for a smoothed texture
-    assert np.isnan(nps_features(hu, np.zeros_like(region), (0.5, 0.5))).all()
+    assert smooth[-1] < f[-1] - 2  # and the high-frequency NPS falls by orders of magnitude
+    assert np.isnan(region_descriptor(hu, np.zeros_like(region))).all()
 
 
 def test_candidate_slices_prefers_body_and_lungs() -> None:

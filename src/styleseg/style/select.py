@@ -6,14 +6,13 @@ textures" of the unannotated set. Here that choice is made from measurements:
 1. **Candidates**: per case, the slices with most body and (if the case has lungs) most lung, evenly
    spaced across that range (``candidates_per_case`` of them).
 2. **Descriptors** per slice, all at native pixel spacing (texture is lost by resampling):
-   - noise power spectrum (NPS) features in two regions, soft tissue (-150..250 HU inside the body) and
-     lung/air (< -500 HU inside the body): ROIs fully inside the region are detrended with a 2nd-order
-     polynomial (the usual NPS practice, e.g. ICRU Report 87 / Solomon et al. 2012) and their
-     periodograms averaged; features are the log noise std, mean and peak radial frequency and a few
-     log-relative radial NPS bins;
-   - VGG-19 Gram statistics inside the body: log of the Gram diagonal (per-channel energy) of the
-     low layers (``relu1_1``, ``relu2_1`` by default) on a central crop in the soft-tissue window
-     W400/L40, the same features the generator's style loss (eq. 1) matches.
+   - noise power spectrum (NPS) features (``styleseg.sim.nps``, ICRU Report 87) in two regions: soft
+     tissue (``texture_descriptor`` inside the body) and lung/air (< -500 HU inside the body: detrended
+     ROIs fully inside the region); per region the log noise std, mean and peak radial frequency and
+     the log radial NPS at 12 frequencies;
+   - VGG-19 Gram statistics in the soft tissue: log of the centred Gram diagonal (per-channel
+     activation variance) of the low layers (``relu1_1``, ``relu2_1`` by default) on a central crop in
+     the soft-tissue window W400/L40, the features the generator's style loss (eq. 1) matches.
 3. Features are standardised, each block (NPS, VGG) weighted to the same total variance, reduced by
    PCA, and clustered by k-medoids (PAM: BUILD + SWAP, Kaufman & Rousseeuw 1990) with seeded random
    restarts. The medoids are real slices, so each style is an actual target slice.
@@ -54,7 +53,6 @@ class SelectConfig:
 
     candidates_per_case: int | None = 6
     roi: int = 32  # NPS ROI size (px, native spacing)
-    nps_bins: int = 6  # radial NPS bins from 0 to Nyquist
     use_vgg: bool = True
     vgg_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
     vgg_crop: int = 160  # central crop (px, native spacing) for the Gram statistics
@@ -89,13 +87,7 @@ def candidate_slices(hu: np.ndarray, k: int | None) -> list[int]:
     return [int(i) for i in idx]
 
 
-# --- NPS descriptors (private until styleseg.sim.nps lands) ----------------------------------------
-def _detrend_basis(r: int) -> np.ndarray:
-    y, x = np.mgrid[0:r, 0:r].astype(float) / r - 0.5
-    a = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1).reshape(r * r, 6)
-    return np.eye(r * r) - a @ np.linalg.pinv(a)  # residual projector
-
-
+# --- NPS descriptors (styleseg.sim.nps) -----------------------------------------------------------
 def _region_rois(hu: np.ndarray, region: np.ndarray, r: int) -> np.ndarray:
     """(M, r, r) ROIs (stride r/2) lying fully inside ``region``."""
     from numpy.lib.stride_tricks import sliding_window_view
@@ -107,37 +99,38 @@ def _region_rois(hu: np.ndarray, region: np.ndarray, r: int) -> np.ndarray:
     return np.asarray(rois, np.float64)
 
 
-def nps_features(hu: np.ndarray, region: np.ndarray, spacing: tuple[float, float], r: int = 32,
-                 bins: int = 6) -> np.ndarray:
-    """NPS descriptors of one region of a slice: [log std, mean f, peak f, log relative radial NPS x bins].
+def region_descriptor(hu: np.ndarray, region: np.ndarray, r: int = 32) -> np.ndarray:
+    """NPS descriptor of an arbitrary region (e.g. lung/air), in the format of
+    :func:`styleseg.sim.nps.texture_descriptor` (which covers soft tissue): ``[log10 std, mean f / Nyquist,
+    peak f / Nyquist, log10 radial NPS at N_DESCRIPTOR_BINS frequencies]``, per pixel.
 
-    ROIs are detrended (2nd-order polynomial), the half with the lowest residual std is kept (rejects
-    ROIs crossing an edge), and NPS(f) = dx dy / (r^2) |DFT(ROI)|^2 is averaged. Frequencies are in
-    cycles/mm. If fewer than 4 ROIs fit, ROIs of half the size are used; NaNs when none fits.
+    ROIs fully inside ``region`` (half size if fewer than 4 fit) are detrended (2nd-order polynomial,
+    ICRU 87); the half with the lowest residual std is kept (rejects ROIs crossing a vessel or an edge).
+    NaNs when no ROI fits.
     """
+    from styleseg.sim.nps import N_DESCRIPTOR_BINS, detrend_poly2, nps_2d, radial_nps, resample_radial
+
     rois = _region_rois(hu, region, r)
-    if len(rois) < 4 and r >= 16:  # a small region (or a small image): half-size ROIs
+    if len(rois) < 4 and r >= 16:
         rois = _region_rois(hu, region, r // 2)
     if len(rois) == 0:
-        return np.full(3 + bins, np.nan)
-    r = rois.shape[-1]
-    res = (rois.reshape(len(rois), -1) @ _detrend_basis(r).T).reshape(rois.shape)
+        return np.full(3 + N_DESCRIPTOR_BINS, np.nan)
+    res = detrend_poly2(rois)
     sd = res.std(axis=(1, 2))
-    res = res[sd <= np.median(sd)]
-    dx, dy = spacing
-    nps = (np.abs(np.fft.fft2(res)) ** 2).mean(0) * dx * dy / (r * r)
-    fy, fx = np.meshgrid(np.fft.fftfreq(r, dy), np.fft.fftfreq(r, dx), indexing="ij")
-    f = np.hypot(fx, fy)
-    fmax = 0.5 / max(dx, dy)
-    edges = np.linspace(0, fmax, bins + 1)
-    which = np.clip(np.digitize(f, edges) - 1, 0, bins)  # bin ``bins`` = corners beyond Nyquist
-    radial = np.array([nps[which == b].mean() if (which == b).any() else 0.0 for b in range(bins)])
-    tot = nps.sum() + 1e-12
-    mean_f = float((f * nps).sum() / tot)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    peak_f = float(centres[int(np.argmax(radial))])
-    rel = np.log(radial / (radial.sum() + 1e-12) + 1e-6)
-    return np.concatenate([[np.log(float(res.std()) + 1e-3), mean_f, peak_f], rel])
+    nps2d, f = nps_2d(res[sd <= np.median(sd)], 1.0, detrend="none")
+    rad = radial_nps(nps2d, f, int((sd <= np.median(sd)).sum()))
+    grid = np.linspace(0.5 / N_DESCRIPTOR_BINS, 0.5, N_DESCRIPTOR_BINS)
+    prof = np.log10(resample_radial(rad, grid) + 1e-6)
+    return np.concatenate([[np.log10(rad.std + 1e-6), rad.mean_freq / 0.5, rad.peak_freq / 0.5], prof])
+
+
+def slice_descriptor(hu: np.ndarray, body: np.ndarray, r: int = 32) -> np.ndarray:
+    """NPS features of a slice: soft tissue (:func:`styleseg.sim.nps.texture_descriptor` inside the body)
+    and lung/air (:func:`region_descriptor`)."""
+    from styleseg.sim.nps import texture_descriptor
+
+    st = np.asarray(texture_descriptor(hu, body), np.float64)
+    return np.concatenate([st, region_descriptor(hu, slice_regions(hu, body)["air"], r)])
 
 
 def slice_regions(hu: np.ndarray, body: np.ndarray) -> dict[str, np.ndarray]:
@@ -393,8 +386,7 @@ def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int
                              "lower -n, or raise --candidates-per-case")
         t1 = time.perf_counter()
         regions = [slice_regions(c.hu, c.body) for c in cands]
-        blocks = [np.stack([np.concatenate([nps_features(c.hu, m, c.spacing, cfg.roi, cfg.nps_bins)
-                                            for m in reg.values()]) for c, reg in zip(cands, regions, strict=True)])]
+        blocks = [np.stack([slice_descriptor(c.hu, c.body, cfg.roi) for c in cands])]
         timings["nps_s"] = time.perf_counter() - t1
         desc = "NPS"
         if cfg.use_vgg:
