@@ -337,12 +337,15 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
                 c.annotated = ann[c.case_id]
 
     dicom_cases = _dicom_cases(scan, report, skip_bad)
-    # a series with a bad slice is skipped as a whole (a gap would distort the volume)
-    bad_files = {Path(p) for p, _ in report.skipped}
+    # a series beside a bad file is skipped as a whole: the bad file may be one of its slices (its header
+    # may be unreadable), and a gap would silently distort the volume
+    bad_dirs = {Path(p).parent for p, _ in report.skipped}
     kept: list[_DicomCase] = []
     for c in dicom_cases:
-        if bad_files & {h.path for h in c.ct}:
-            report.skipped.append((str(c.ct[0].path.parent), f"CT series of case {c.case_id} has a bad file"))
+        if bad_dirs & {h.path.parent for h in c.ct}:
+            report.skipped.append((str(c.ct[0].path.parent), f"CT series of case {c.case_id} is in a folder with a "
+                                   "bad file (possibly one of its slices)"))
+            report.skipped.extend((str(h.path), f"its CT series (case {c.case_id}) was skipped") for h in c.structs)
         else:
             kept.append(c)
     if not kept and not pairs:
