@@ -40,7 +40,7 @@ class BenchmarkConfig:
     n_target: int = 12
     source_slices: int = 8
     target_slices: int = 6
-    size: int = 256
+    size: int = 320
     slice_mm: float = 5.0
     source_protocol: str = "standard"
     target_protocols: tuple[str, ...] = TARGET_PROTOCOLS

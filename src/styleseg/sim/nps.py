@@ -12,7 +12,7 @@ annuli of width ``1 / (N dx)``. Noise-only input can come from
 - the difference of two realisations of the same object (``nps_from_difference``: (a - b) / sqrt 2),
 - near-uniform ROIs of an anatomical slice (``slice_nps``): ROIs inside soft tissue (optionally inside
   ``mask``) whose smoothed content is nearly flat, high-pass detrended (image minus a Gaussian blur, so
-  anatomy is not mistaken for noise), with the high-pass response divided out where it is >= 0.25.
+  anatomy is not mistaken for noise), with the high-pass response divided out where it is >= 0.5.
 
 Texture distance (:func:`nps_distance`): the RMS difference of log10 radial NPS on a common frequency
 grid (decades), over the frequencies both curves cover. Log space weighs a factor-2 change in noise
@@ -145,6 +145,7 @@ def _rois_in_mask(stack: np.ndarray, masks: np.ndarray, roi: int) -> list[np.nda
 
 
 HIGHPASS_SIGMA_PX = 3.0
+MIN_GAIN = 0.5
 
 
 def soft_tissue_rois(hu: np.ndarray, mask: np.ndarray | None = None, roi: int = 32, max_rois: int = 24,
@@ -154,7 +155,7 @@ def soft_tissue_rois(hu: np.ndarray, mask: np.ndarray | None = None, roi: int = 
     ROIs lie inside soft tissue (HU smoothed at 4 px in [-200, 250], eroded 3 px, optionally inside
     ``mask``); they are ranked by how flat the smoothed image is inside them (std after a poly2 fit) and
     accepted while that is below ``10 + 0.1 * noise`` HU (smoothing leaks some noise), at most half
-    overlapping.
+    overlapping; ROIs whose residual std exceeds 1.25 x the median (anatomy leaking through) are dropped.
     """
     hu = np.asarray(hu, np.float64)
     smooth = ndi.gaussian_filter(hu, 4.0)
@@ -181,9 +182,13 @@ def soft_tissue_rois(hu: np.ndarray, mask: np.ndarray | None = None, roi: int = 
             break
         if all(abs(i - a) >= roi // 2 or abs(j - b) >= roi // 2 for a, b in chosen):
             chosen.append((i, j))
-        if len(chosen) >= max_rois:
+        if len(chosen) >= 3 * max_rois:
             break
-    return [resid[i:i + roi, j:j + roi] for i, j in chosen]
+    if len(chosen) >= 3:  # anatomy that leaks through makes a ROI an outlier: drop those
+        sd = np.array([resid[i:i + roi, j:j + roi].std() for i, j in chosen])
+        keep = sd <= 1.25 * np.median(sd)
+        chosen = [c for c, k in zip(chosen, keep, strict=True) if k]
+    return [resid[i:i + roi, j:j + roi] for i, j in chosen[:max_rois]]
 
 
 def slice_nps(hu: np.ndarray, spacing_mm: float = 1.0, mask: np.ndarray | None = None, roi: int = 24,
@@ -191,8 +196,9 @@ def slice_nps(hu: np.ndarray, spacing_mm: float = 1.0, mask: np.ndarray | None =
     """Radial NPS of an anatomical slice from high-pass-detrended near-uniform soft-tissue ROIs.
 
     The high-pass (``1 - G``, Gaussian ``sigma_px``) removes anatomy; the radial NPS is divided by
-    ``(1 - G(f))^2`` where that is >= 0.25, and below that frequency (``extras["valid_from"]``, cycles/mm)
-    it is held at its first valid value. Falls back to half-size ROIs when no ROI fits; raises
+    ``(1 - G(f))^2`` where that is >= MIN_GAIN, and below that frequency (``extras["valid_from"]``,
+    cycles/mm) it falls linearly to 0 at DC (the ramp shape of FBP noise near DC), so anatomy that leaks
+    through at low frequencies is not amplified. Falls back to half-size ROIs when no ROI fits; raises
     ValueError if none fits at all.
     """
     for size in (roi, roi // 2):
@@ -202,10 +208,10 @@ def slice_nps(hu: np.ndarray, spacing_mm: float = 1.0, mask: np.ndarray | None =
             r = radial_nps(nps2d, f, len(rois))
             sig_mm = sigma_px * spacing_mm
             gain = (1 - np.exp(-2 * (np.pi * sig_mm * r.freq) ** 2)) ** 2
-            ok = gain >= 0.25
-            first = int(np.argmax(ok))
-            rad = r.nps / np.maximum(gain, 0.25)
-            rad[:first] = rad[first]
+            ok = gain >= MIN_GAIN
+            first = max(int(np.argmax(ok)), 1)
+            rad = r.nps / np.maximum(gain, MIN_GAIN)
+            rad[:first] = rad[first] * r.freq[:first] / r.freq[first]  # CT noise NPS ~ ramp near DC
             var = float(np.trapezoid(2 * np.pi * r.freq * rad, r.freq))
             mean_f = float(np.trapezoid(2 * np.pi * r.freq**2 * rad, r.freq) / max(var, 1e-12))
             peak = float(r.freq[first:][np.argmax(rad[first:])])

@@ -322,12 +322,16 @@ def kernel_noise_factor(kernel: str, spacing_mm: float = 0.9, reference: str = "
 
 # --- the acquisition chain --------------------------------------------------------------------------
 def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np.random.Generator | int | None = None,
-            noise_free_input: bool = True, batch: int = 8) -> np.ndarray:
+            noise_free_input: bool = True, batch: int = 8, input_noise_hu: float | None = None) -> np.ndarray:
     """Re-image HU slices (H, W) or (N, H, W) with ``protocol``; returns float32 HU of the same shape.
 
     ``noise_free_input=True`` (phantoms): the full noise of the protocol is simulated.
     ``noise_free_input=False`` (a real reference-dose scan): only the additional noise and the kernel
-    change relative to "standard" are applied (see the module docstring).
+    change relative to "standard" are applied (see the module docstring). The reference dose is
+    calibrated to the input: ``input_noise_hu`` (soft-tissue noise std of the input; None: measured on
+    the middle slice with :func:`styleseg.sim.nps.slice_nps`) is matched by the simulated noise of the
+    standard protocol at the reference dose on that slice, so dose fraction f adds variance
+    ``sigma_in^2 (1/f - 1)`` (for the standard kernel).
     """
     prot = get_protocol(protocol)
     if not (spacing_mm > 0 and math.isfinite(spacing_mm)):
@@ -344,6 +348,9 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
     win_t = get_kernel(prot.kernel).window(nu)
     blur = np.exp(-2 * (np.pi * prot.blur_mm * nu) ** 2)
     out = np.empty(arr.shape, np.float32)
+    i0_scale = 1.0
+    if not noise_free_input and prot.dose_fraction < 1.0:
+        i0_scale = _calibrate_real(arr[arr.shape[0] // 2], spacing_mm, geom, prot, input_noise_hu)
     for start in range(0, arr.shape[0], batch):
         chunk = arr[start:start + batch]
         mu = MU_WATER_PER_MM * spacing_mm * (1.0 + np.maximum(chunk, -1000.0) / 1000.0)  # per pixel
@@ -358,7 +365,7 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
             win_s = get_kernel("standard").window(nu)
             ratio = np.clip(win_t / np.maximum(win_s, 1e-6), 0.0, 4.0)
             if prot.dose_fraction < 1.0:
-                i0_add = prot.i0 / (1.0 - prot.dose_fraction)  # = I0 * f / (1 - f), I0 at the reference dose
+                i0_add = i0_scale * prot.i0 / (1.0 - prot.dose_fraction)  # = I0 f / (1 - f), I0: reference
                 dp = _noise(fourier_to_sinogram(pf, geom), i0_add, prot.electronic_noise, rng)
                 q = pf * (geom.ramp * ratio) + sinogram_to_fourier(dp, geom) * (geom.ramp * win_t)
             else:
@@ -366,6 +373,36 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
         mu_rec = backproject_fourier(q, geom)
         out[start:start + batch] = (1000.0 * (mu_rec / (MU_WATER_PER_MM * spacing_mm) - 1.0)).astype(np.float32)
     return out[0] if squeeze else out
+
+
+def _calibrate_real(hu: np.ndarray, spacing_mm: float, geom: Geometry, prot: Protocol,
+                    input_noise_hu: float | None) -> float:
+    """I0 scale that makes the simulated reference-dose standard-kernel noise match the input's noise."""
+    from styleseg.sim.nps import slice_nps
+
+    if input_noise_hu is None:
+        try:
+            input_noise_hu = slice_nps(hu, spacing_mm).std
+        except ValueError:
+            log.warning("no soft-tissue ROI to measure the input noise; assuming the reference dose")
+            return 1.0
+    mu = MU_WATER_PER_MM * spacing_mm * (1.0 + np.maximum(hu, -1000.0) / 1000.0)
+    pf = project_fourier(mu[None], geom)
+    dp = _noise(fourier_to_sinogram(pf, geom)[0], I0_REF * prot.slice_mm / REF_SLICE_MM, 0.0,
+                np.random.default_rng(0))
+    nu = geom.omega / (2 * np.pi * spacing_mm)
+    noise = backproject_fourier(sinogram_to_fourier(dp[None], geom) * (geom.ramp * get_kernel("standard").window(nu)),
+                                geom)[0] / (MU_WATER_PER_MM * spacing_mm) * 1000.0
+    # the same estimator on the noise-only image, laid into the input's soft tissue
+    probe = noise + np.where((hu > -200) & (hu < 250), 0.0, -1000.0)
+    try:
+        sim = slice_nps(probe, spacing_mm).std
+    except ValueError:
+        sim = float(noise.std())
+    scale = (float(sim) / float(input_noise_hu)) ** 2
+    log.info("real input: measured noise %.1f HU, simulated reference noise %.1f HU -> I0 x %.3g",
+             input_noise_hu, sim, scale)
+    return float(np.clip(scale, 0.01, 100.0))
 
 
 def _aec_factor(p: np.ndarray) -> np.ndarray:

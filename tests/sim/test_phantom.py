@@ -1,0 +1,77 @@
+"""Procedural thorax phantoms: labels, HU values, variation and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from styleseg.labels import LabelSchema
+from styleseg.sim.phantom import PhantomConfig, make_phantom
+
+CFG = PhantomConfig(size=320, n_slices=5)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(5, CFG)
+
+
+def test_grid_labels_and_geometry(phantom):
+    img, lab = phantom
+    schema = LabelSchema.default()
+    assert img.shape == lab.shape == (5, 320, 320)
+    assert img.same_grid(lab)
+    assert 0.80 <= img.spacing[0] <= 0.98 and img.spacing[0] == img.spacing[1]
+    assert img.spacing[2] >= 5.0
+    assert lab.array.dtype == np.uint8 and img.array.dtype == np.float32
+    assert set(np.unique(lab.array)) == {0, *schema.values}  # every structure appears somewhere
+    mid = lab.array[2]
+    for name in ("lung_left", "lung_right", "esophagus", "spinal_cord", "body"):
+        assert (mid == schema.value(name)).sum() > 10, name
+    # radiological display: the patient's right lung is on the image's left (smaller column index)
+    cols = np.nonzero(mid)[1]
+    right_x = np.nonzero(mid == 2)[1].mean()
+    left_x = np.nonzero(mid == 1)[1].mean()
+    assert right_x < cols.mean() < left_x
+
+
+def test_hounsfield_values(phantom):
+    img, lab = phantom
+    hu, lb = img.array, lab.array
+    assert np.median(hu[lb == 0][:100]) == pytest.approx(-1000, abs=5)  # air in the image corner rows
+    lung = hu[(lb == 1) | (lb == 2)]
+    assert -900 < np.median(lung) < -780  # parenchyma
+    assert np.percentile(lung, 99.5) > -300  # vessels
+    heart = hu[lb == 3]
+    assert heart.size and np.percentile(heart, 90) > 100  # contrast-enhanced blood pool
+    assert 20 < np.median(hu[lb == 5]) < 60  # cord
+    body = hu[lb == 6]
+    assert (np.abs(body + 100) < 30).mean() > 0.1  # fat
+    assert (np.abs(body - 45) < 20).mean() > 0.1  # muscle / soft tissue
+    assert body.max() > 400  # bone
+    # noise-free: high-pass residual in soft tissue far below CT noise (>= 10 HU) while re-imaging adds it
+    from styleseg.sim.nps import soft_tissue_rois
+    from styleseg.sim.scanner import reimage
+
+    rois = soft_tissue_rois(hu[2], roi=16)
+    assert rois and np.percentile([r.std() for r in rois], 25) < 3.0
+    noisy = soft_tissue_rois(reimage(hu[2], img.spacing[0], "standard", 0), roi=16)
+    assert np.percentile([r.std() for r in noisy], 25) > 8.0
+
+
+def test_deterministic_and_varied():
+    a, la = make_phantom(11, CFG)
+    b, lb = make_phantom(11, CFG)
+    c, lc = make_phantom(12, CFG)
+    assert np.array_equal(a.array, b.array) and np.array_equal(la.array, lb.array)
+    assert not np.array_equal(la.array, lc.array)
+    sizes = [(make_phantom(s, PhantomConfig(size=128, n_slices=1))[1].array > 0).sum() for s in range(6)]
+    assert np.std(sizes) / np.mean(sizes) > 0.03  # patients differ in size
+
+
+def test_small_field_holds_a_smaller_patient_at_native_spacing():
+    img, lab = make_phantom(3, PhantomConfig(size=128, n_slices=2))
+    assert 0.80 <= img.spacing[0] <= 0.98
+    assert img.tags["patient_scale"] < 1.0
+    body = lab.array[0] > 0
+    assert not body[0].any() and not body[-1].any() and not body[:, 0].any() and not body[:, -1].any()
