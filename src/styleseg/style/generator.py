@@ -1,0 +1,208 @@
+"""Style generator: one-hot label map (+ noise) -> one CT slice in HU (paper sec. 2.2; Johnson et al. 2016).
+
+Architecture (Johnson et al.'s feed-forward transformation network, fully convolutional):
+``c7s1-w, d2w, d4w, R x res(4w), u2w, uw, [concat noise] c3s1-w, c7s1-1`` with instance norm and ReLU;
+``d`` = stride-2 conv, ``u`` = nearest 2x upsampling + 3x3 conv (no checkerboard artefacts). Inputs are the
+one-hot source label map (K channels) and a unit Gaussian noise channel, optionally the source slice in
+the soft-tissue window (``image_input``, beyond the paper). The noise enters both at the input and again
+at full resolution just before the output convolutions, because CT noise texture lives at the native
+pixel scale and would otherwise have to pass through the 4x-downsampled bottleneck.
+
+Output in HU through ``centre + half * tanh(z)`` spanning [-1024, 1500] HU. Why HU and not the [0, 1]
+soft-tissue window: the paper's losses look at W400/L40 only, but a segmenter reads the whole HU range
+(lungs at -850 HU, bone at +700 HU); a generator with a windowed output would clip lungs to -160 HU and
+bone to 240 HU. The VGG losses window the HU output (as the paper does), and a per-segment mean-HU term
+(:func:`styleseg.style.losses.segment_mean_loss`) anchors the segments outside the window.
+
+Conditional variant (beyond the paper): with ``n_styles > 1`` every instance norm is a conditional
+instance norm (Dumoulin et al. 2017): the style index selects a per-style scale and shift, so one network
+renders all n styles.
+
+The network works at native pixel spacing on any size that is a multiple of 4 (other sizes are
+reflect-padded and cropped back); train on crops, apply to whole slices. Never resample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from styleseg.errors import InputError
+from styleseg.labels import LabelSchema
+
+HU_MIN, HU_MAX = -1024.0, 1500.0
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """The architecture (written into model.json)."""
+
+    num_classes: int
+    base: int = 32
+    n_res: int = 5
+    n_styles: int = 1
+    conditional: bool = False
+    image_input: bool = False
+    hu_min: float = HU_MIN
+    hu_max: float = HU_MAX
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GeneratorSpec:
+        return cls(**d)
+
+
+class StyleNorm(nn.Module):
+    """Instance norm with a learned affine; conditional (per-style scale/shift) when ``n_styles > 1``."""
+
+    def __init__(self, channels: int, n_styles: int = 1):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.scale = nn.Parameter(torch.ones(n_styles, channels))
+        self.shift = nn.Parameter(torch.zeros(n_styles, channels))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return x * self.scale[style][:, :, None, None] + self.shift[style][:, :, None, None]
+
+
+class ConvNormAct(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, n_styles: int, stride: int = 1, up: bool = False,
+                 act: bool = True):
+        super().__init__()
+        self.up, self.act, self.pad = up, act, k // 2
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride)
+        self.norm = StyleNorm(cout, n_styles)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = self.norm(self.conv(F.pad(x, (self.pad,) * 4, mode="reflect")), style)
+        return F.relu(x) if self.act else x
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int, n_styles: int):
+        super().__init__()
+        self.a = ConvNormAct(c, c, 3, n_styles)
+        self.b = ConvNormAct(c, c, 3, n_styles, act=False)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return x + self.b(self.a(x, style), style)
+
+
+class StyleGenerator(nn.Module):
+    """Label map (B, H, W) ints + noise -> HU (B, 1, H, W). See the module docstring."""
+
+    def __init__(self, spec: GeneratorSpec):
+        super().__init__()
+        self.spec = spec
+        w, s = spec.base, spec.n_styles
+        cin = spec.num_classes + 1 + (1 if spec.image_input else 0)
+        self.enc = nn.ModuleList([ConvNormAct(cin, w, 7, s), ConvNormAct(w, 2 * w, 3, s, stride=2),
+                                  ConvNormAct(2 * w, 4 * w, 3, s, stride=2)])
+        self.res = nn.ModuleList([ResBlock(4 * w, s) for _ in range(spec.n_res)])
+        self.dec = nn.ModuleList([ConvNormAct(4 * w, 2 * w, 3, s, up=True), ConvNormAct(2 * w, w, 3, s, up=True),
+                                  ConvNormAct(w + 1, w, 3, s)])
+        self.out = nn.Conv2d(w, 1, 7)
+        nn.init.zeros_(self.out.weight)  # start exactly at the intensity prior; texture is learned on top
+        nn.init.zeros_(self.out.bias)
+        # per-(style, segment) offset of the pre-tanh output: an intensity prior initialised from the style
+        # slice's segment means (init_prior), so training starts at the right HU and learns texture
+        self.prior = nn.Parameter(torch.zeros(spec.n_styles, spec.num_classes))
+        self.centre = (spec.hu_max + spec.hu_min) / 2.0
+        self.half = (spec.hu_max - spec.hu_min) / 2.0
+
+    @torch.no_grad()
+    def init_prior(self, means: torch.Tensor, present: torch.Tensor) -> None:
+        """Set the intensity prior from per-style segment means in HU (n_styles, K); absent segments get 0."""
+        y = ((means - self.centre) / self.half).clamp(-0.995, 0.995)
+        self.prior.copy_(torch.where(present, torch.atanh(y), torch.zeros_like(y)).to(self.prior))
+
+    def make_input(self, label: torch.Tensor, noise: torch.Tensor, source_hu: torch.Tensor | None) -> torch.Tensor:
+        onehot = F.one_hot(label.long(), self.spec.num_classes).permute(0, 3, 1, 2).to(noise.dtype)
+        parts = [onehot, noise]
+        if self.spec.image_input:
+            if source_hu is None:
+                raise ValueError("this generator takes the source slice as input (image_input=True)")
+            parts.append(((source_hu - (40.0 - 200.0)) / 400.0).clamp(0, 1).to(noise.dtype))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, label: torch.Tensor, style: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                source_hu: torch.Tensor | None = None) -> torch.Tensor:
+        if label.ndim != 3:
+            raise ValueError(f"label must be (B, H, W), got {tuple(label.shape)}")
+        b, h, w = label.shape
+        if int(label.max()) >= self.spec.num_classes or int(label.min()) < 0:
+            raise ValueError(f"label values must be in 0..{self.spec.num_classes - 1}")
+        if style is None:
+            if self.spec.n_styles > 1:
+                raise ValueError("a conditional generator needs a style index per batch element")
+            style = torch.zeros(b, dtype=torch.long, device=label.device)
+        style = style.to(label.device).long().expand(b) if style.ndim == 0 else style.to(label.device).long()
+        if int(style.max()) >= self.spec.n_styles or int(style.min()) < 0:
+            raise ValueError(f"style index out of range 0..{self.spec.n_styles - 1}")
+        dtype = self.out.weight.dtype
+        if noise is None:
+            noise = torch.randn(b, 1, h, w, device=label.device, dtype=dtype)
+        ph, pw = (-h) % 4, (-w) % 4
+        if ph or pw:  # reflect-pad to a multiple of 4 and crop back
+            label = F.pad(label[:, None].float(), (0, pw, 0, ph), mode="replicate")[:, 0].long()
+            noise = F.pad(noise, (0, pw, 0, ph), mode="reflect")
+            if source_hu is not None:
+                source_hu = F.pad(source_hu, (0, pw, 0, ph), mode="replicate")
+        x = self.make_input(label, noise.to(dtype), source_hu)
+        for layer in self.enc:
+            x = layer(x, style)
+        for blk in self.res:
+            x = blk(x, style)
+        x = self.dec[0](x, style)
+        x = self.dec[1](x, style)
+        x = self.dec[2](torch.cat([x, noise.to(x.dtype)], dim=1), style)
+        z = self.out(F.pad(x, (3, 3, 3, 3), mode="reflect"))
+        z = z + self.prior[style[:, None, None], label.long()][:, None]
+        hu = self.centre + self.half * torch.tanh(z)
+        return hu[:, :, :h, :w]
+
+
+KIND = "generator"
+
+
+def save_generator(folder: str | Path, model: StyleGenerator, schema: LabelSchema, styles: list[dict[str, Any]],
+                   config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a generator model folder (model.json + weights.pt) via :func:`styleseg.runs.write_model_folder`.
+
+    ``styles``: one record per style the generator renders (``index`` in the style set, case, slice)."""
+    from styleseg.runs import write_model_folder
+
+    mj = {"architecture": {"name": "johnson-resnet-generator", **model.spec.to_json()},
+          "schema": schema.to_labels_dict(), "input": "one-hot label map + N(0,1) noise" +
+          (" + source slice (W400/L40)" if model.spec.image_input else ""),
+          "output": {"unit": "HU", "range": [model.spec.hu_min, model.spec.hu_max]},
+          "loss_window": {"centre": 40.0, "width": 400.0}, "styles": styles, "config": config, **(extra or {})}
+    return write_model_folder(folder, KIND, mj, model.state_dict())
+
+
+def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tuple[StyleGenerator, dict[str, Any]]:
+    """Load a generator folder; errors name the file."""
+    from styleseg.runs import read_model_folder
+
+    meta, sd = read_model_folder(folder, KIND)
+    arch = dict(meta.get("architecture", {}))
+    arch.pop("name", None)
+    try:
+        spec = GeneratorSpec.from_json(arch)
+        model = StyleGenerator(spec)
+        model.load_state_dict(sd)
+    except (TypeError, RuntimeError) as e:
+        raise InputError(Path(folder) / "model.json", f"generator architecture and weights do not match ({e})",
+                         "retrain the generator with this version of styleseg") from e
+    model.eval().to(device)
+    return model, meta

@@ -1,0 +1,347 @@
+"""Training of the style generators (paper sec. 2.2): loss = alpha * content (eq. 2) + beta * style (eq. 1).
+
+For each style slice S (or once, for the conditional generator, with a random style per batch element)
+the generator learns to turn every source label map into a slice with S's texture: the content target is
+the source slice O whose label map is the input, the style targets are S's per-segment Gram matrices,
+computed ONCE on the whole style slice at native spacing. Training uses random crops at native spacing
+(the generator is fully convolutional and Gram matrices are area-normalised averages, so crops carry
+the style); nothing is resampled.
+
+Beyond the paper, ``gamma`` weights a per-segment mean-HU term against the style slice's segment means
+(the VGG losses see the soft-tissue window only; lungs and bone lie outside it). It is logged separately.
+
+Output folder::
+
+    OUT/style_00/   model.json + weights.pt (runs.write_model_folder, kind "generator"), checkpoint.pt
+                    (full state, resumable exactly), train_log.jsonl, loss_curve.png
+    OUT/style_01/ ...            (separate generators)   or   OUT/conditional/ (one for all styles)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from styleseg.config import check_preset, config_hash, to_dict
+from styleseg.errors import ConfigError, InputError
+from styleseg.style.generator import GeneratorSpec, StyleGenerator, save_generator
+from styleseg.style.losses import (
+    StyleTargets,
+    segment_content_loss,
+    segment_masks,
+    segment_mean_loss,
+    segment_style_loss,
+    style_targets,
+)
+from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
+
+log = logging.getLogger("styleseg.style.train")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Generator training settings. ``steps`` is per separate generator; the conditional generator runs
+    ``conditional_steps`` (0: 2 x ``steps``) for all styles together. ``epochs`` > 0 overrides ``steps``
+    with epochs x (number of source slices) / batch."""
+
+    crop: int = 64
+    steps: int = 100
+    epochs: int = 0
+    conditional_steps: int = 0
+    batch: int = 2
+    lr: float = 1e-3
+    alpha: float = 1.0
+    beta: float = 10.0
+    gamma: float = 10.0
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
+    style_weights: tuple[float, ...] = (1.0, 1.0)
+    content_layers: tuple[str, ...] = ("relu2_1",)
+    base: int = 16
+    n_res: int = 3
+    image_input: bool = False
+    conditional: bool = False
+    bf16: bool = False
+    vgg_weights: str = ""
+    device: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for n in (*self.style_layers, *self.content_layers):
+            if n not in LAYER_NAMES:
+                raise ConfigError(f"[generators]: unknown VGG layer {n!r}; valid: {', '.join(LAYER_NAMES)}")
+        if len(self.style_weights) != len(self.style_layers):
+            raise ConfigError("[generators]: style_weights needs one weight per style layer")
+        if self.crop < 16 or self.crop % 4:
+            raise ConfigError("[generators].crop must be a multiple of 4 and >= 16")
+        if self.steps < 1 or self.batch < 1 or self.lr <= 0:
+            raise ConfigError("[generators]: steps, batch and lr must be positive")
+
+    @classmethod
+    def preset(cls, name: str) -> GeneratorConfig:
+        """"quick": minutes on 2 CPU cores (crops of 64, VGG layers up to relu2_1, a small net); "paper": the
+        paper's setting on a GPU (whole 512 x 512 slices, 100 epochs, Gatys' layers, bf16)."""
+        check_preset(name)
+        if name == "quick":
+            return cls()
+        return cls(crop=512, epochs=100, batch=4, lr=1e-3, base=32, n_res=5,
+                   style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+                   style_weights=(1.0, 1.0, 1.0, 1.0, 1.0), content_layers=("relu4_2",), bf16=True,
+                   log_every=50, checkpoint_every=500)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    images: np.ndarray  # (N, H, W) int16 HU
+    labels: np.ndarray  # (N, H, W) uint8
+
+
+def load_source(source: Path):
+    """The labelled source slices (all slices of labelled cases that contain a label)."""
+    from styleseg.data.slices import SliceStore
+    from styleseg.io.dataset import Dataset
+
+    ds = Dataset(source)
+    store = SliceStore.from_dataset(ds, label_role="labelsTr", only_labelled_slices=True)
+    if len(store) == 0 or store.labels is None:
+        raise InputError(source, "the source dataset has no labelled slices (labelsTr)",
+                         "generators learn from annotated source slices; import labelled data first")
+    return ds, _Source(store.images, store.labels)
+
+
+def load_styles(styles: Path, schema):
+    """The style set, checked: every style slice needs a label map whose values are in the schema."""
+    from styleseg.style.styleset import STYLES_JSON, StyleSet, label_name
+
+    ss = StyleSet.load(styles)
+    ss.require_labels(styles)
+    if not ss.styles:
+        raise InputError(Path(styles) / STYLES_JSON, "the style set is empty", "pick at least one style slice")
+    for s in ss.styles:
+        schema.check_label_values(s.label_map, str(Path(styles) / label_name(s.index)))
+    return ss
+
+
+def compute_targets(vgg: VGG19Features, hu: list[np.ndarray], labels: list[np.ndarray], num_classes: int,
+                    layers: tuple[str, ...], device: torch.device) -> tuple[StyleTargets, torch.Tensor]:
+    """Per-segment Gram targets (computed once, whole slice, native spacing) and mean HU per segment."""
+    per, means = [], []
+    with torch.no_grad():
+        for h, lab in zip(hu, labels, strict=True):
+            x = torch.from_numpy(np.asarray(h, np.float32))[None, None].to(device)
+            lt = torch.from_numpy(np.asarray(lab, np.int64))[None].to(device)
+            masks = segment_masks(lt, num_classes)
+            feats = vgg(ct_to_vgg_input(x))
+            per.append(style_targets({k: feats[k].float() for k in layers}, masks, layers))
+            area = masks.flatten(2).sum(2)
+            means.append((x * masks).flatten(2).sum(2) / area.clamp_min(1))
+    t = StyleTargets({k: torch.cat([p.grams[k] for p in per]) for k in layers}, torch.cat([p.present for p in per]))
+    return t, torch.cat(means)
+
+
+def sample_batch(src: _Source, crop: int, batch: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic batch of crops for (seed, step): resuming reproduces the same batches."""
+    from styleseg.data.slices import random_crop_indices
+
+    rng = np.random.default_rng([seed, step])
+    idx = rng.integers(0, len(src.images), batch)
+    h, w = src.images.shape[1:]
+    c = min(crop, h - h % 4, w - w % 4)
+    imgs, labs = [], []
+    for i in idx:
+        y0, x0 = random_crop_indices(rng, (h, w), c, weight_mask=src.labels[i] > 0)
+        imgs.append(src.images[i, y0:y0 + c, x0:x0 + c])
+        labs.append(src.labels[i, y0:y0 + c, x0:x0 + c])
+    return np.stack(imgs), np.stack(labs)
+
+
+# --- one generator -----------------------------------------------------------------------------------
+
+def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Tensor, style_records: list[dict],
+             vgg: VGG19Features, cfg: GeneratorConfig, num_classes: int, schema, steps: int,
+             device: torch.device, resume: bool, progress: bool, extra_json: dict[str, Any]) -> Path:
+    from styleseg.runs import append_jsonl, load_checkpoint, save_checkpoint, seed_everything
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(cfg, extra_json)
+    if resume and (folder / "model.json").exists():
+        import json
+
+        if json.loads((folder / "model.json").read_text()).get("config_hash") == chash:
+            log.info("%s: already trained with this config, skipped", folder)
+            return folder
+    n_styles = len(style_records) if cfg.conditional else 1
+    spec = GeneratorSpec(num_classes=num_classes, base=cfg.base, n_res=cfg.n_res, n_styles=n_styles,
+                         conditional=cfg.conditional, image_input=cfg.image_input)
+    seed_everything(cfg.seed)
+    model = StyleGenerator(spec)
+    model.init_prior(means.cpu(), targets.present.cpu())
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 0.1)
+    start = 0
+    ckpt = folder / "checkpoint.pt"
+    logf = folder / "train_log.jsonl"
+    if resume and ckpt.exists():
+        st = load_checkpoint(ckpt)
+        if st.get("config_hash") == chash:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            start = int(st["step"])
+            log.info("%s: resuming at step %d/%d", folder, start, steps)
+        else:
+            log.warning("%s: checkpoint is from another config; starting over", ckpt)
+    if start == 0 and logf.exists():
+        logf.unlink()
+    targets = targets.to(device)
+    means = means.to(device)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    t0 = time.perf_counter()
+    bar = _progress(progress, f"{folder.name}", steps, start)
+    model.train()
+    for step in range(start, steps):
+        imgs, labs = sample_batch(src, cfg.crop, cfg.batch, cfg.seed, step)
+        o = torch.from_numpy(imgs.astype(np.float32))[:, None].to(device)
+        lab = torch.from_numpy(labs.astype(np.int64)).to(device)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        noise = torch.randn(lab.shape[0], 1, *lab.shape[1:], generator=g).to(device)
+        style = (torch.randint(0, n_styles, (lab.shape[0],), generator=g) if n_styles > 1
+                 else torch.zeros(lab.shape[0], dtype=torch.long)).to(device)
+        masks = segment_masks(lab, num_classes)
+        with amp:
+            r = model(lab, style, noise, o if cfg.image_input else None)
+            fr = vgg(ct_to_vgg_input(r.float()))
+            with torch.no_grad():
+                fo = vgg(ct_to_vgg_input(o))
+        fr = {k: v.float() for k, v in fr.items()}
+        fo = {k: v.float() for k, v in fo.items()}
+        tsel = targets.select(style) if n_styles > 1 else targets
+        msel = means[style] if n_styles > 1 else means
+        lc = segment_content_loss(fr, fo, masks, cfg.content_layers)
+        ls = segment_style_loss(fr, masks, tsel, cfg.style_layers, cfg.style_weights)
+        lm = segment_mean_loss(r.float(), masks, msel, tsel.present)
+        loss = cfg.alpha * lc + cfg.beta * ls + cfg.gamma * lm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == steps:
+            append_jsonl(logf, {"step": done, "loss": loss.item(), "content": lc.item(), "style": ls.item(),
+                                "mean_hu": lm.item(), "lr": sched.get_last_lr()[0],
+                                "seconds": round(time.perf_counter() - t0, 2)})
+        if done % cfg.checkpoint_every == 0 or done == steps:
+            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "step": done, "config": to_dict(cfg),
+                                   "config_hash": chash})
+        if bar is not None:
+            bar[0].update(bar[1], advance=1)
+    if bar is not None:
+        bar[0].stop()
+    secs = time.perf_counter() - t0
+    save_generator(folder, model.cpu(), schema, style_records, to_dict(cfg),
+                   extra={"config_hash": chash, "steps": steps, "train_seconds_last_run": round(secs, 1),
+                          **extra_json})
+    model.to(device)
+    try:
+        plot_losses(logf, folder / "loss_curve.png")
+    except Exception as e:  # noqa: BLE001 - a figure must not fail a finished training
+        log.warning("loss curve not drawn: %s", e)
+    return folder
+
+
+def _progress(enabled: bool, name: str, total: int, start: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                 TimeRemainingColumn())
+    p.start()
+    return p, p.add_task(name, total=total, completed=start)
+
+
+def plot_losses(log_path: Path, out: Path) -> Path:
+    """Content, style and mean-HU losses against the step (log scale)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from styleseg.io.atomic import atomic_path
+
+    rows = [json.loads(x) for x in Path(log_path).read_text().splitlines() if x.strip()]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    steps = [r["step"] for r in rows]
+    for key in ("content", "style", "mean_hu", "loss"):
+        ax.plot(steps, [max(r[key], 1e-12) for r in rows], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(Path(log_path).parent.name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+# --- the public entry point ---------------------------------------------------------------------------
+
+def train_generators(source: str | Path, styles: str | Path, out: str | Path, cfg: GeneratorConfig | None = None,
+                     resume: bool = False, progress: bool = True) -> list[Path]:
+    """Train one generator per style slice (or one conditional generator for all) and return the model
+    folders. See the module docstring for the folder layout."""
+    from styleseg.runs import choose_device
+
+    cfg = cfg or GeneratorConfig.preset("quick")
+    source, styles, out = Path(source), Path(styles), Path(out)
+    ds, src = load_source(source)
+    ss = load_styles(styles, ds.schema)
+    if ss.schema.to_labels_dict() != ds.schema.to_labels_dict():
+        raise InputError(styles / "styles.json", f"label schema {ss.schema.to_labels_dict()} differs from the "
+                         f"source dataset's {ds.schema.to_labels_dict()}", "use style label maps in the source schema")
+    device = choose_device(cfg.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    num_classes = ds.schema.num_classes
+    vgg = VGG19Features(cfg.vgg_weights or None, layers=tuple(dict.fromkeys((*cfg.style_layers,
+                                                                              *cfg.content_layers)))).to(device)
+    targets, means = compute_targets(vgg, [s.hu for s in ss.styles], [s.label_map for s in ss.styles], num_classes,
+                                     cfg.style_layers, device)
+    steps = cfg.steps
+    if cfg.epochs > 0:
+        steps = max(1, int(round(cfg.epochs * len(src.images) / cfg.batch)))
+    records = [{"index": s.index, "case_id": s.case_id, "slice": s.slice, "tags": s.tags} for s in ss.styles]
+    extra = {"source": str(source.resolve()), "styles_folder": str(styles.resolve()),
+             "source_slices": int(len(src.images))}
+    out.mkdir(parents=True, exist_ok=True)
+    folders = []
+    if cfg.conditional:
+        csteps = cfg.conditional_steps or 2 * steps
+        folders.append(_fit_one(out / "conditional", src, targets, means, records, vgg, cfg, num_classes, ds.schema,
+                                csteps, device, resume, progress, extra))
+    else:
+        for k, rec in enumerate(records):
+            t = StyleTargets({n: g[k:k + 1] for n, g in targets.grams.items()}, targets.present[k:k + 1])
+            folders.append(_fit_one(out / f"style_{rec['index']:02d}", src, t, means[k:k + 1], [rec], vgg, cfg,
+                                    num_classes, ds.schema, steps, device, resume, progress, extra))
+    log.info("trained %d generator(s) into %s", len(folders), out)
+    return folders
+
+
+def with_changes(cfg: GeneratorConfig, **changes: Any) -> GeneratorConfig:
+    return dataclasses.replace(cfg, **changes)

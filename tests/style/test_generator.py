@@ -1,0 +1,130 @@
+"""Generator architecture, training (separate, conditional, exact resume), augmentation, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from styleseg.errors import InputError
+from styleseg.io.dataset import Dataset
+from styleseg.style import train as train_mod
+from styleseg.style.augment import augment
+from styleseg.style.generator import GeneratorSpec, StyleGenerator, load_generator
+from styleseg.style.train import GeneratorConfig, train_generators
+
+TINY = GeneratorConfig(crop=32, steps=3, batch=1, base=4, n_res=1, log_every=1, checkpoint_every=2)
+
+
+def test_generator_shapes_range_and_prior():
+    g = StyleGenerator(GeneratorSpec(num_classes=7, base=4, n_res=1))
+    lab = torch.randint(0, 7, (2, 30, 37))  # not multiples of 4: padded and cropped back
+    hu = g(lab)
+    assert hu.shape == (2, 1, 30, 37)
+    assert hu.min() >= -1024 and hu.max() <= 1500
+    # output conv starts at zero: the output is exactly the per-segment intensity prior
+    means = torch.tensor([[-1000.0, -850, -850, 60, 30, 30, 40]])
+    g.init_prior(means, torch.ones(1, 7, dtype=torch.bool))
+    hu = g(lab)[:, 0]
+    assert torch.allclose(hu, means[0][lab], atol=0.5)
+    cg = StyleGenerator(GeneratorSpec(num_classes=7, base=4, n_res=1, n_styles=3, conditional=True))
+    with pytest.raises(ValueError, match="style index"):
+        cg(lab)
+    with pytest.raises(ValueError, match="out of range"):
+        cg(lab, torch.tensor([0, 3]))
+
+
+def test_train_separate_writes_model_folders_logs_and_resumes_exactly(tiny_source, tiny_styles, tmp_path,
+                                                                      monkeypatch):
+    cfg = TINY
+    folders = train_generators(tiny_source, tiny_styles, tmp_path / "a", cfg, progress=False)
+    assert [f.name for f in folders] == ["style_00", "style_01"]
+    meta = json.loads((folders[0] / "model.json").read_text())
+    assert meta["kind"] == "generator" and meta["styles"][0]["index"] == 0
+    assert meta["schema"]["body"] == 6 and meta["output"]["unit"] == "HU"
+    rows = [json.loads(x) for x in (folders[0] / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r[k]) for r in rows for k in ("content", "style", "mean_hu"))
+    assert (folders[0] / "loss_curve.png").stat().st_size > 1000
+    assert (folders[0] / "checkpoint.pt").exists()
+
+    # interrupted after the step-2 checkpoint, then resumed: identical weights to the uninterrupted run
+    real = train_mod.sample_batch
+
+    def dying(src, crop, batch, seed, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(src, crop, batch, seed, step)
+
+    monkeypatch.setattr(train_mod, "sample_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_generators(tiny_source, tiny_styles, tmp_path / "b", cfg, progress=False)
+    monkeypatch.setattr(train_mod, "sample_batch", real)
+    assert not (tmp_path / "b" / "style_00" / "model.json").exists()
+    resumed = train_generators(tiny_source, tiny_styles, tmp_path / "b", cfg, resume=True, progress=False)
+    for fa, fb in zip(folders, resumed, strict=True):
+        wa = torch.load(fa / "weights.pt", weights_only=True)
+        wb = torch.load(fb / "weights.pt", weights_only=True)
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    rows_b = [json.loads(x)["step"] for x in (resumed[0] / "train_log.jsonl").read_text().splitlines()]
+    assert rows_b == [1, 2, 3]
+
+
+def test_conditional_generator_and_augment(tiny_source, tiny_styles, tmp_path):
+    from dataclasses import replace
+
+    folders = train_generators(tiny_source, tiny_styles, tmp_path / "c", replace(TINY, conditional=True,
+                                                                              conditional_steps=2), progress=False)
+    assert [f.name for f in folders] == ["conditional"]
+    model, meta = load_generator(folders[0])
+    assert model.spec.n_styles == 2 and [s["index"] for s in meta["styles"]] == [0, 1]
+    # the two styles differ for the same label map and noise (per-style norms and intensity prior)
+    lab = torch.from_numpy(np.asarray(Dataset(tiny_source).load_label("S000").array[:1], np.int64))
+    noise = torch.randn(1, 1, *lab.shape[1:])
+    with torch.no_grad():
+        a, b = model(lab, torch.tensor([0]), noise), model(lab, torch.tensor([1]), noise)
+    assert (a - b).abs().mean() > 1.0
+
+    aug = augment(tiny_source, tmp_path / "c", tmp_path / "aug", seed=0, progress=False)
+    ds, src = Dataset(aug), Dataset(tiny_source)
+    assert len(ds) == len(src) * (2 + 1)
+    for rec in ds.cases:
+        prov = rec.extras["provenance"]
+        s = prov["source_case"]
+        assert rec.annotated == src.case(s).annotated  # partial labels stay partial
+        lab, slab = ds.load_label(rec.case_id), src.load_label(s)
+        assert np.array_equal(lab.array, slab.array)
+        img = ds.load_image(rec.case_id)
+        assert img.same_grid(src.load_image(s))
+        if prov["style"] is not None:
+            assert prov["generator"].endswith("conditional") and rec.case_id.endswith("c")
+    assert "heart" not in ds.case("S001_s01c").annotated and "heart" in ds.case("S000_s00c").annotated
+    assert (aug / "dataset.json").exists() and (aug / "imagesTr" / "S000_s00c_0000.nii.gz").exists()
+
+
+def test_bad_style_inputs(tiny_source, tiny_styles, tmp_path):
+    bad = tmp_path / "nolabel"
+    shutil.copytree(tiny_styles, bad)
+    js = json.loads((bad / "styles.json").read_text())
+    js["styles"][1]["label"] = None
+    (bad / "styles.json").write_text(json.dumps(js))
+    with pytest.raises(InputError, match=r"without a label map.*style 1"):
+        train_generators(tiny_source, bad, tmp_path / "g", TINY, progress=False)
+
+    from styleseg.io.volume import read_nifti, write_nifti
+
+    bad2 = tmp_path / "badvalues"
+    shutil.copytree(tiny_styles, bad2)
+    lp = bad2 / "style_00_label.nii.gz"
+    v = read_nifti(lp)
+    v.array = v.array.copy()
+    v.array[0, 0, 0] = 9
+    write_nifti(v, lp)
+    with pytest.raises(InputError, match=r"style_00_label\.nii\.gz.*\[9\]"):
+        train_generators(tiny_source, bad2, tmp_path / "g", TINY, progress=False)
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(InputError, match="holds no generator folders"):
+        augment(tiny_source, tmp_path, tmp_path / "aug2", progress=False)
