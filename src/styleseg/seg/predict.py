@@ -1,0 +1,354 @@
+"""Segmentation inference: whole-slice core (shared with validation) and the streaming Predictor.
+
+HU slices -> (optional area downsampling, the low-resolution comparison arm) -> pad with air to a
+multiple of 2**depth -> CT windows as channels -> U-Net -> unpad -> (bilinear upsampling of the
+logits back to the input grid) -> argmax. Padding happens in HU, before windowing, so every window
+sees air, not zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from styleseg.data.slices import WINDOWS
+from styleseg.errors import ConfigError, InputError
+from styleseg.seg.unet import pad_multiple, unpad
+
+log = logging.getLogger("styleseg.seg.predict")
+
+AIR_HU = -1024.0
+
+
+def window_channels(hu: torch.Tensor, windows: Sequence[str]) -> torch.Tensor:
+    """(B, 1, H, W) HU -> (B, len(windows), H, W) in [0, 1] (the same mapping as slices.window)."""
+    chans = []
+    for name in windows:
+        centre, width = WINDOWS[name]
+        lo = centre - width / 2.0
+        chans.append(((hu - lo) / width).clamp_(0.0, 1.0))
+    return torch.cat(chans, dim=1)
+
+
+def downsample_hu(hu: torch.Tensor, factor: int) -> torch.Tensor:
+    """Area-average (B, 1, H, W) by ``factor`` (output size ceil(H / factor))."""
+    if factor <= 1:
+        return hu
+    h, w = hu.shape[-2:]
+    return F.interpolate(hu, size=(math.ceil(h / factor), math.ceil(w / factor)), mode="area")
+
+
+def downsample_label(lab: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour downsampling of (B, 1, H, W) labels (same output size as downsample_hu)."""
+    if factor <= 1:
+        return lab
+    h, w = lab.shape[-2:]
+    return F.interpolate(lab.float(), size=(math.ceil(h / factor), math.ceil(w / factor)),
+                         mode="nearest").to(lab.dtype)
+
+
+@torch.no_grad()
+def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str], multiple: int,
+                 downsample: int = 1, device: torch.device | str = "cpu", batch_size: int = 8,
+                 dtype: str = "float32", channels_last: bool = False) -> np.ndarray:
+    """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid."""
+    device = torch.device(device)
+    out = np.zeros(hu.shape, np.uint8)
+    autocast = dtype == "bfloat16"
+    for i in range(0, hu.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(hu[i:i + batch_size], np.float32))[:, None].to(device)
+        h, w = x.shape[-2:]
+        x = downsample_hu(x, downsample)
+        x, pads = pad_multiple(x, multiple, AIR_HU)
+        x = window_channels(x, windows)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        logits = unpad(logits.float(), pads)
+        if downsample > 1:
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        out[i:i + batch_size] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Predictor: a model folder -> labels; streaming, resumable, shardable collections
+# ------------------------------------------------------------------------------------------------
+class Predictor:
+    """Apply a segmentation model folder (``styleseg train-seg``) to HU slices or volumes.
+
+    ``dtype="bfloat16"`` runs under CPU/GPU autocast; ``channels_last`` uses NHWC memory layout (often
+    faster with oneDNN). Whole-slice inference: the U-Net is fully convolutional, slices are padded
+    with air to a multiple of 2**depth.
+    """
+
+    def __init__(self, model_folder: str | Path, device: str = "auto", batch_size: int = 8,
+                 dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False):
+        from styleseg.runs import choose_device, read_model_folder
+        from styleseg.seg.unet import UNet, UNetSpec
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"predictor dtype {dtype!r}: choose float32 or bfloat16")
+        self.folder = Path(model_folder)
+        self.meta, sd = read_model_folder(self.folder, "segmentation")
+        try:
+            self.spec = UNetSpec.from_json(self.meta["architecture"])
+            self.model = UNet(self.spec)
+            self.model.load_state_dict(sd)
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise InputError(self.folder / "weights.pt", f"weights do not match the architecture in model.json "
+                             f"({type(e).__name__}: {str(e).splitlines()[0]})", "retrain or restore the folder") from e
+        self.device = choose_device(device)
+        self.model.to(self.device).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.windows = tuple(self.meta.get("windows", ("soft_tissue",)))
+        self.downsample = int(self.meta.get("downsample", 1))
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.force_spacing = force_spacing
+        self.labels: dict[str, int] = dict(self.meta.get("labels", {}))
+        self.train_spacing = self.meta.get("train_spacing_mm")
+
+    def predict_array(self, hu: np.ndarray) -> np.ndarray:
+        """HU slices (N, H, W) in canonical orientation -> uint8 labels (N, H, W)."""
+        hu = np.asarray(hu)
+        if hu.ndim == 2:
+            hu = hu[None]
+        return infer_slices(self.model, hu, self.windows, 2**self.spec.depth, self.downsample, self.device,
+                            self.batch_size, self.dtype, self.channels_last)
+
+    def check_geometry(self, spacing: Sequence[float], direction: Sequence[float], path: Any = None,
+                       ) -> tuple[bool, bool]:
+        """Refuse non-axial input; warn for spacing > 1.25x off the training spacing and refuse > 2x
+        (unless ``force_spacing``). Returns the canonical flips."""
+        from styleseg.seg.train import canonical_flips
+
+        flips = canonical_flips(direction, path)
+        if self.train_spacing:
+            r = float(np.mean(spacing[:2])) / float(self.train_spacing)
+            ratio = max(r, 1 / r)
+            msg = (f"in-plane spacing {np.round(spacing[:2], 3).tolist()} mm is {ratio:.2f}x off the model's "
+                   f"training spacing {self.train_spacing:.3f} mm")
+            if ratio > 2 and not self.force_spacing:
+                raise InputError(path, msg, "resample the input to the training spacing, or pass --force-spacing")
+            if ratio > 1.25:
+                log.warning("%s: %s; accuracy may suffer", path, msg)
+        return flips
+
+    def predict_volume(self, vol: Any) -> Any:
+        """A HU Volume -> a uint8 label Volume on the same grid."""
+        flips = self.check_geometry(vol.spacing, vol.direction, vol.tags.get("source"))
+        from styleseg.seg.train import to_canonical
+
+        hu = to_canonical(np.asarray(vol.array), flips)
+        lab = to_canonical(self.predict_array(hu), flips)
+        return vol.with_array(lab)
+
+
+@dataclass
+class SegmentReport:
+    """What :func:`segment` did: written, skipped (already done, ``--continue``) and failed cases."""
+
+    out: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    slices: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "slices": self.slices, "seconds": round(self.seconds, 2)}
+
+
+def discover_inputs(inputs: Sequence[Path]) -> list[tuple[str, Path, str]]:
+    """(case id, path, kind) for NIfTI files, DICOM series folders and dataset folders; kind is
+    "nifti" or "dicom". Sorted by case id; duplicate ids raise InputError."""
+    from styleseg.io.volume import is_nifti
+
+    found: list[tuple[str, Path, str]] = []
+    for p in map(Path, inputs):
+        if not p.exists():
+            raise InputError(p, "input does not exist", "check the path")
+        if p.is_file() and is_nifti(p):
+            name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+            found.append((name[:-5] if name.endswith("_0000") else name, p, "nifti"))
+        elif p.is_dir() and (p / "dataset.json").exists():
+            from styleseg.io.dataset import Dataset
+
+            ds = Dataset(p)
+            found += [(c.case_id, ds.image_path(c.case_id), "nifti") for c in ds.cases]
+        elif p.is_dir():
+            found.append((p.name, p, "dicom"))
+        else:
+            raise InputError(p, "not a NIfTI file, DICOM series folder or dataset folder",
+                             "pass .nii/.nii.gz files, a folder of DICOM slices, or a dataset folder")
+    found.sort(key=lambda t: t[0])
+    ids = [f[0] for f in found]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(None, f"several inputs map to the same case id(s) {dup}", "rename the inputs")
+    return found
+
+
+def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = False, part_id: int = 0,
+            num_parts: int = 1, dicom_seg: bool = False, device: str = "auto", batch_size: int = 8,
+            dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False,
+            chunk_slices: int = 32, progress: bool = False) -> SegmentReport:
+    """Segment every case of ``inputs`` into ``out/<case>.nii.gz`` (uint8 labels on the input grid).
+
+    Cases are sorted by id and this call does those with ``index % num_parts == part_id``;
+    ``continue_`` skips cases whose output exists (outputs are atomic, so an existing one is
+    complete). A bad case is logged and recorded in the report; the others still run. NIfTI input
+    is streamed ``chunk_slices`` slices at a time and the output is written as it is produced.
+    """
+    from styleseg.io.atomic import write_json
+
+    if not 0 <= part_id < num_parts:
+        raise ConfigError(f"--part-id {part_id} must be in [0, --num-parts {num_parts})")
+    if dicom_seg:
+        raise ConfigError("--dicom-seg is not available yet (needs styleseg.io.rtstruct); write NIfTI")
+    pred = Predictor(model, device=device, batch_size=batch_size, dtype=dtype, channels_last=channels_last,
+                     force_spacing=force_spacing)
+    cases = discover_inputs(inputs)
+    mine = [c for i, c in enumerate(cases) if i % num_parts == part_id]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = SegmentReport(out)
+    t0 = time.perf_counter()
+    for cid, path, kind in mine:
+        dest = out / f"{cid}.nii.gz"
+        if continue_ and dest.exists():
+            rep.skipped.append(cid)
+            continue
+        try:
+            if kind == "nifti":
+                rep.slices += segment_nifti_streaming(pred, path, dest, chunk_slices)
+            else:
+                rep.slices += _segment_dicom(pred, path, dest)
+            rep.done.append(cid)
+            log.info("segmented %s -> %s", cid, dest)
+        except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
+            rep.failed[cid] = str(e)
+            log.error("skipped %s: %s", cid, e)
+    rep.seconds = time.perf_counter() - t0
+    name = "segment_report.json" if num_parts == 1 else f"segment_report.part{part_id}.json"
+    write_json(out / name, rep.to_json())
+    return rep
+
+
+def _segment_dicom(pred: Predictor, folder: Path, dest: Path) -> int:
+    try:
+        from styleseg.io import dicom as dicom_io  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise InputError(folder, "DICOM input needs styleseg.io.dicom, which is not installed in this version",
+                         "convert the series to NIfTI first") from e
+    vol = dicom_io.read_series(folder)
+    from styleseg.io.volume import write_nifti
+
+    lab = pred.predict_volume(vol)
+    write_nifti(lab, dest, np.uint8)
+    return vol.shape[0]
+
+
+def _nifti_header(path: Path):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise InputError(path, f"cannot read NIfTI header ({type(e).__name__}: {e})",
+                         "the file is empty, truncated or not NIfTI; re-export it") from e
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, "not a NIfTI-1/2 image")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(path, f"image shape {img.shape} is not a 3D volume", "pass a single 3D CT volume")
+    return img, shape
+
+
+def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slices: int = 32) -> int:
+    """Segment a NIfTI CT file slice-chunk by slice-chunk, with bounded memory.
+
+    The voxel data of a NIfTI file is stored x fastest, then y, then z, so a (z, y, x) chunk of
+    slices is a contiguous run of bytes: it is read from the (gzip) stream, segmented, and its labels
+    are appended to the output stream in the same order. Geometry (qform/sform) is copied from the
+    input header, so the output lies exactly on the input grid. Nothing appears at ``dest`` unless
+    the whole volume was written.
+    """
+    import gzip
+    import io
+
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from styleseg.io.atomic import atomic_path
+    from styleseg.seg.train import to_canonical
+
+    img, (nx, ny, nz) = _nifti_header(path)
+    hdr = img.header
+    try:
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
+        r.ReadImageInformation()
+        direction = r.GetDirection()
+        if len(direction) == 4:
+            direction = (direction[0], direction[1], 0.0, direction[2], direction[3], 0.0, 0.0, 0.0, 1.0)
+        spacing = r.GetSpacing()
+    except RuntimeError as e:
+        raise InputError(path, f"cannot read the image geometry: {str(e).strip().splitlines()[-1]}") from e
+    flips = pred.check_geometry(spacing, direction, path)
+    dt = hdr.get_data_dtype()
+    slope, inter = hdr.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    offset = int(img.dataobj.offset)  # the header field may be 0 for single files (then 352)
+    per_slice = nx * ny * dt.itemsize
+
+    out_hdr = nib.Nifti1Header()
+    out_hdr.set_data_shape((nx, ny, nz))
+    out_hdr.set_data_dtype(np.uint8)
+    out_hdr.set_xyzt_units(*hdr.get_xyzt_units())
+    aff_q, code_q = hdr.get_qform(coded=True)
+    aff_s, code_s = hdr.get_sform(coded=True)
+    if aff_q is not None:
+        out_hdr.set_qform(aff_q, int(code_q))
+    if aff_s is not None:
+        out_hdr.set_sform(aff_s, int(code_s))
+    out_hdr.set_zooms(hdr.get_zooms()[:3])
+    out_hdr["vox_offset"] = 352
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as fin, atomic_path(dest) as tmp:
+        with gzip.open(tmp, "wb", compresslevel=1) as fout:
+            head = io.BytesIO()
+            out_hdr.write_to(head)  # 348-byte header + 4-byte extension flag
+            fout.write(head.getvalue().ljust(352, b"\x00"))
+            fin.seek(offset)
+            for z0 in range(0, nz, chunk_slices):
+                n = min(chunk_slices, nz - z0)
+                buf = fin.read(per_slice * n)
+                if len(buf) != per_slice * n:
+                    raise InputError(path, f"file is truncated: slice data ends at slice {z0 + len(buf) // per_slice}"
+                                     f" of {nz}", "re-export or re-download the file")
+                hu = np.frombuffer(buf, dt).reshape(n, ny, nx).astype(np.float32)
+                if slope != 1.0 or inter != 0.0:
+                    hu = hu * slope + inter
+                lab = to_canonical(pred.predict_array(to_canonical(hu, flips)), flips)
+                fout.write(np.ascontiguousarray(lab, np.uint8).tobytes())
+    return nz

@@ -1,0 +1,80 @@
+"""Marginal Dice + CE (Shi et al. 2021): equal to MONAI DiceCELoss when fully annotated; hand values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from styleseg.seg.losses import marginal_dice_ce
+
+
+def test_equals_monai_dice_ce_when_fully_annotated():
+    from monai.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 8, 8, generator=g)
+    target = torch.randint(0, 4, (3, 8, 8), generator=g)
+    ann = torch.ones(3, 4, dtype=torch.bool)
+    ours = marginal_dice_ce(logits, target, ann, catch_all=(0,))
+    ref = DiceCELoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(
+        logits, target[:, None])
+    assert float(ours) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_marginal_ce_hand_computed():
+    # one pixel, classes (bg, a, b); b unannotated; label bg -> CE = -log(p_bg + p_b)
+    logits = torch.tensor([0.0, 1.0, 2.0]).view(1, 3, 1, 1)
+    target = torch.zeros(1, 1, 1, dtype=torch.long)
+    ann = torch.tensor([[True, True, False]])
+    e = [math.exp(v) for v in (0.0, 1.0, 2.0)]
+    want_ce = -math.log((e[0] + e[2]) / sum(e))
+    got = marginal_dice_ce(logits, target, ann, catch_all=(0,), dice_weight=0.0)
+    assert float(got) == pytest.approx(want_ce, rel=1e-6)
+    # a pixel labelled with an annotated organ keeps its single target: -log p_a
+    got_a = marginal_dice_ce(logits, torch.ones(1, 1, 1, dtype=torch.long), ann, catch_all=(0,), dice_weight=0.0)
+    assert float(got_a) == pytest.approx(-math.log(e[1] / sum(e)), rel=1e-6)
+
+
+def test_marginal_dice_hand_computed():
+    # 2 pixels, classes (bg, a, b), b unannotated; labels (bg, a); softmax probs chosen via log
+    p = torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.8, 0.1]])  # pixel x class
+    logits = p.log().T.reshape(1, 3, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    ann = torch.tensor([[True, True, False]])
+    # q_bg = p_bg + [y=bg] p_b = (0.8, 0.1); dice_bg = 2*0.8 / (0.9 + 1); dice_a = 2*0.8/(1.0 + 1)
+    d_bg, d_a = 2 * 0.8 / 1.9, 2 * 0.8 / 2.0
+    got = marginal_dice_ce(logits, target, ann, catch_all=(0,), ce_weight=0.0, smooth=0.0)
+    assert float(got) == pytest.approx(1 - (d_bg + d_a) / 2, rel=1e-5)
+
+
+def test_unannotated_heart_pixels_never_push_heart_down():
+    """A case without heart annotation: on its body-labelled pixels the gradient on the heart
+    logit must not lower heart (<= 0 for gradient descent); the naive loss lowers it (> 0)."""
+    g = torch.Generator().manual_seed(1)
+    c = 7  # bg, lungs, heart=3, eso, cord, body=6
+    logits = torch.randn(2, c, 6, 6, generator=g, requires_grad=True)
+    target = torch.full((2, 6, 6), 6)
+    target[:, :2] = 0
+    target[:, 4:, :3] = 1
+    ann = torch.ones(2, c, dtype=torch.bool)
+    ann[:, 3] = False  # heart not annotated in either case
+    loss = marginal_dice_ce(logits, target, ann, catch_all=(0, 6))
+    (grad,) = torch.autograd.grad(loss, logits)
+    catch = (target == 6) | (target == 0)
+    assert (grad[:, 3][catch] <= 1e-12).all()
+    naive = marginal_dice_ce(logits, target, torch.ones_like(ann), catch_all=(0, 6))
+    (grad_n,) = torch.autograd.grad(naive, logits)
+    assert (grad_n[:, 3][catch] > 0).all()
+    # the loss only sees p_body + p_heart there: moving mass between them changes nothing
+    with torch.no_grad():
+        p = logits.softmax(1)
+        p2 = p.clone()
+        m = (target == 6)
+        moved = 0.5 * p2[:, 3][m]
+        p2[:, 3][m] -= moved
+        p2[:, 6][m] += moved
+        a = marginal_dice_ce(p.log(), target, ann, catch_all=(0, 6))
+        b = marginal_dice_ce(p2.log(), target, ann, catch_all=(0, 6))
+    assert float(a) == pytest.approx(float(b), rel=1e-5)

@@ -1,0 +1,120 @@
+"""Predictor and `segment`: streaming equals in-memory, geometry kept, bad input, continue, shards."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from styleseg.errors import InputError
+from styleseg.io.volume import Volume, read_nifti, write_nifti
+from styleseg.seg.predict import Predictor, infer_slices, segment
+from styleseg.seg.unet import UNet, UNetSpec, pad_multiple, unpad
+
+
+def _ct(seed: int = 0, n: int = 5, spacing: float = 1.0, direction=None) -> Volume:
+    from conftest import toy_case
+
+    vol, _ = toy_case(np.random.default_rng(seed), n=n, size=30)  # 30: not a multiple of 4 (padding path)
+    return Volume(vol, (spacing, spacing, 3.0), (-12.0, 7.0, 40.0),
+                  direction or (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_unet_shapes_and_padding():
+    net = UNet(UNetSpec(in_channels=2, num_classes=5, base_channels=4, depth=3)).eval()
+    x = torch.randn(2, 2, 30, 20)
+    xp, pads = pad_multiple(x, 8, -1.0)
+    assert xp.shape[-2:] == (32, 24) and torch.equal(unpad(xp, pads), x)
+    assert net(xp).shape == (2, 5, 32, 24)
+    out = infer_slices(net, np.random.default_rng(0).normal(0, 100, (3, 30, 20)), ("soft_tissue", "lung"), 8,
+                       downsample=2, batch_size=2)
+    assert out.shape == (3, 30, 20) and out.dtype == np.uint8 and out.max() < 5
+
+
+def test_streaming_equals_in_memory_and_keeps_grid(tmp_path, toy_model):
+    vol = _ct()
+    src = write_nifti(vol, tmp_path / "in" / "ct.nii.gz")
+    p = Predictor(toy_model)
+    want = p.predict_volume(read_nifti(src))
+    rep = segment([src], toy_model, tmp_path / "out", chunk_slices=2)
+    assert rep.done == ["ct"] and rep.slices == 5 and not rep.failed
+    got = read_nifti(tmp_path / "out" / "ct.nii.gz")
+    assert got.same_grid(read_nifti(src)) and got.array.dtype == np.uint8
+    np.testing.assert_array_equal(got.array, want.array)
+    assert (want.array == 1).sum() > 0  # the toy model finds the lungs
+    js = json.loads((tmp_path / "out" / "segment_report.json").read_text())
+    assert js["done"] == ["ct"]
+
+
+def test_flipped_orientation_is_canonicalised(tmp_path, toy_model):
+    vol = _ct()
+    # the same physical image stored with x and y axes reversed
+    flipped = Volume(vol.array[:, ::-1, ::-1].copy(), vol.spacing, vol.origin, (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    p = Predictor(toy_model)
+    a = p.predict_volume(vol).array
+    b = p.predict_volume(flipped).array
+    np.testing.assert_array_equal(b[:, ::-1, ::-1], a)
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, toy_model):
+    good = write_nifti(_ct(), tmp_path / "in" / "a_good.nii.gz")
+    sag = write_nifti(_ct(direction=(0, 0, 1, 1, 0, 0, 0, 1, 0)), tmp_path / "in" / "b_sagittal.nii.gz")
+    coarse = write_nifti(_ct(spacing=3.0), tmp_path / "in" / "c_coarse.nii.gz")
+    empty = tmp_path / "in" / "d_empty.nii.gz"
+    empty.write_bytes(b"")
+    trunc = tmp_path / "in" / "e_trunc.nii.gz"
+    raw = gzip.decompress(good.read_bytes())
+    trunc.write_bytes(gzip.compress(raw[: len(raw) - 900]))
+    out = tmp_path / "out"
+    rep = segment([good, sag, coarse, empty, trunc], toy_model, out)
+    assert rep.done == ["a_good"]
+    assert set(rep.failed) == {"b_sagittal", "c_coarse", "d_empty", "e_trunc"}
+    assert "not axial" in rep.failed["b_sagittal"]
+    assert "3.00x off" in rep.failed["c_coarse"] and "--force-spacing" in rep.failed["c_coarse"]
+    assert "truncated" in rep.failed["e_trunc"]
+    assert sorted(x.name for x in out.iterdir()) == ["a_good.nii.gz", "segment_report.json"]  # nothing half-written
+    rep2 = segment([coarse], toy_model, tmp_path / "out2", force_spacing=True)
+    assert rep2.done == ["c_coarse"]
+
+
+def test_bad_model_folders(tmp_path, toy_model):
+    m = tmp_path / "m"
+    shutil.copytree(toy_model, m)
+    (m / "weights.pt").unlink()
+    with pytest.raises(InputError, match="weights file is missing"):
+        Predictor(m)
+    shutil.copy(toy_model / "weights.pt", m / "weights.pt")
+    meta = json.loads((m / "model.json").read_text())
+    (m / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(InputError, match="not supported by this version"):
+        Predictor(m)
+    (m / "model.json").write_text(json.dumps({**meta, "architecture": {**meta["architecture"], "base_channels": 8}}))
+    with pytest.raises(InputError, match="do not match the architecture"):
+        Predictor(m)
+
+
+def test_continue_and_shards(tmp_path, toy_model):
+    ins = [write_nifti(_ct(seed=i, n=2), tmp_path / "in" / f"c{i}.nii.gz") for i in range(5)]
+    out = tmp_path / "out"
+    r0 = segment(ins, toy_model, out, part_id=0, num_parts=2)
+    r1 = segment(ins, toy_model, out, part_id=1, num_parts=2)
+    assert r0.done == ["c0", "c2", "c4"] and r1.done == ["c1", "c3"]
+    assert (out / "segment_report.part1.json").exists()
+    before = (out / "c1.nii.gz").stat().st_mtime_ns
+    r = segment(ins, toy_model, out, continue_=True)
+    assert r.skipped == [f"c{i}" for i in range(5)] and r.done == []
+    assert (out / "c1.nii.gz").stat().st_mtime_ns == before
+
+
+def test_dataset_input(tmp_path, toy_model, toy_dataset):
+    rep = segment([toy_dataset], toy_model, tmp_path / "out")
+    assert rep.done == ["toy00", "toy01", "toy02", "toy03"]
+    img = sitk.ReadImage(str(toy_dataset / "imagesTr" / "toy00_0000.nii.gz"))
+    lab = sitk.ReadImage(str(tmp_path / "out" / "toy00.nii.gz"))
+    assert lab.GetSize() == img.GetSize() and lab.GetDirection() == img.GetDirection()
+    assert np.allclose(lab.GetOrigin(), img.GetOrigin()) and np.allclose(lab.GetSpacing(), img.GetSpacing())
