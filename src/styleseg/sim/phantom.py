@@ -220,7 +220,7 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
     inner_rho = g.rho(cx, cy + 0.1 * p.fat, A - p.fat, B - 0.8 * p.fat, 0.0, p.body_harm)
     inner = g.soft(inner_rho, min(A, B) - p.fat)
     ant_wall = 0.8 * p.fat + 0.7 * p.muscle + 8 * s
-    post_wall = 0.8 * p.fat + 0.6 * p.muscle + 34 * s
+    post_wall = 0.8 * p.fat + 0.6 * p.muscle + 12 * s
     ca = A - p.fat - p.muscle - 7 * s
     cb = B - (ant_wall + post_wall) / 2
     ccy = cy + (ant_wall - post_wall) / 2
@@ -234,7 +234,7 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
     # ribs: a band just outside the cavity, broken into ribs whose phase advances with z
     band = (cav_rho > 1.0 + 1.0 / min(ca, cb)) & (cav_rho < 1.0 + 6.5 * s / min(ca, cb))
     th = np.arctan2((g.y - ccy) / cb, (g.x - cx) / ca)
-    ribs = band & (np.cos(9 * th + p.rib_phase + 2 * np.pi * z / (34.0 * s)) > 0.55)
+    ribs = band & (np.cos(9 * th + p.rib_phase + 2 * np.pi * z / (34.0 * s)) > 0.7)
     ribs &= np.abs(np.sin(th) - 1.0) > 0.02  # none straight behind the spine
     ant = np.sin(th) < -0.8
     rib_f = ndi.gaussian_filter(ribs.astype(np.float32), 0.6 / g.sp * 1.5)
@@ -242,7 +242,7 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
     # thoracic cavity content starts as mediastinal fat
     img = img + cav * (HU["fat"] - 10 + 5 * tex - img)
     # --- spine ---------------------------------------------------------------------------------
-    canal_y = ccy + cb + 1 * s
+    canal_y = ccy + cb - 14 * s
     vb_y = canal_y - 9 * s - p.spine_r
     period = 26.0 * s
     phase = ((z / period) + p.vert_phase) % 1.0
@@ -250,9 +250,10 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
     vb_rho = g.rho(cx, vb_y, p.spine_r * 1.1, p.spine_r)
     vb = g.soft(vb_rho, p.spine_r)
     vb_in = g.soft(g.rho(cx, vb_y, p.spine_r * 1.1 - 2.0, p.spine_r - 2.0), p.spine_r - 2)
-    para = sum(g.soft(g.rho(cx + sgn * 25 * s, canal_y + 16 * s, 21 * s, 17 * s, sgn * 0.25), 17 * s)
+    para = sum(g.soft(g.rho(cx + sgn * 25 * s, canal_y + 12 * s, 20 * s, 15 * s, sgn * 0.25), 15 * s)
                for sgn in (-1, 1))
-    img += np.clip(para, 0, 1) * (HU["muscle"] + 4 * tex - img)
+    para = np.clip(para, 0, 1) * inner
+    img += para * (HU["muscle"] + 4 * tex - img)
     if disc:
         img += vb * (HU["disc"] - img)
     else:
@@ -286,8 +287,8 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
     hp = _bump(0.40, 1.08, t)
     med_w = (20 + 14 * _smoothstep(0.1, 0.5, t)) * s
     med = g.soft(g.rho(cx + 4 * s, ccy - 0.1 * cb, med_w, cb * 1.2), med_w, 1.5)
-    ha, hb = 0.33 * ca * p.heart_size * (0.6 + 0.4 * hp), 0.5 * cb * p.heart_size * (0.6 + 0.4 * hp)
-    hx, hy = cx + p.heart_x * ca, ccy - 0.3 * cb
+    ha, hb = 0.4 * ca * p.heart_size * (0.6 + 0.4 * hp), 0.58 * cb * p.heart_size * (0.6 + 0.4 * hp)
+    hx, hy = cx + p.heart_x * ca, ccy - 0.25 * cb
     heart = np.zeros_like(img)
     if hp > 0:
         h_rho = g.rho(hx, hy, ha, hb, p.heart_angle, ((0.04, 0.3),))
@@ -326,7 +327,8 @@ def _slice(g: _Grid, p: _Patient, t: float, z: float, fields: list[np.ndarray], 
             airways = np.maximum(airways, g.soft(g.rho(cx + sgn * (8 * s + off), eso_y - 14 * s, 4.5 * s, 4.5 * s),
                                                  4.5 * s))
             med = np.maximum(med, br)
-    excl = np.clip(med + spine_zone + eso + g.soft(g.rho(cx, canal_y, 40 * s, 14 * s), 14 * s), 0, 1)
+    excl = np.clip(med + spine_zone + eso + para + g.soft(g.rho(cx, canal_y, 30 * s, 16 * s), 16 * s),
+                   0, 1)
     # diaphragm domes: liver (right, higher) and spleen/stomach (left) rise into the lung bases
     dome = np.zeros_like(img)
     organ_hu = np.zeros_like(img)
