@@ -36,8 +36,8 @@ def test_low_dose_sharp_raises_soft_tissue_noise_by_sqrt10_times_kernel_factor()
         ratios += [nps.slice_nps(y[k], img.spacing[0]).std / nps.slice_nps(x[k], img.spacing[0]).std
                    for k in range(len(x))]
     expected = np.sqrt(10) * scanner.kernel_noise_factor("sharp", img.spacing[0])
-    # "roughly": the input's own noise is measured on anatomy, so allow a factor 0.5..1.5
-    assert 0.5 * expected < np.median(ratios) < 1.5 * expected, (ratios, expected)
+    # "roughly": the input's own noise is measured on anatomy (measured 5.9-6.6 vs 6.0 when written)
+    assert 0.75 * expected < np.median(ratios) < 1.3 * expected, (ratios, expected)
 
 
 def test_simulated_real_dataset_keeps_labels_aligned(tmp_path):
