@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def make_benchmark_cmd(
         out: Path = typer.Option(..., "--out", "-o", help="Folder to create (holds source/ and target/)."),
-        preset: str = typer.Option("quick", "--preset", help="quick (CPU minutes, 256x256) or paper (512x512)."),
+        preset: str = typer.Option("quick", "--preset", help="quick (CPU minutes, 320x320) or paper (512x512)."),
         seed: int = typer.Option(0, "--seed", help="Seed of patients and noise."),
     ) -> None:
         """Write the built-in phantom benchmark: an annotated source set and a lower-dose target set.
