@@ -18,7 +18,7 @@ non-uniform FFTs (FINUFFT, Barnett et al. 2019): projection = 2D type-2 NUFFT of
 frequency samples, then a 1D inverse FFT along the detector; back-projection of filtered projections =
 2D type-1 NUFFT from the same polar samples. This is the exact Radon transform / back-projection of the
 band-limited (sinc-interpolated) image, costs O(N^2 log N) instead of O(N^3), and is checked against
-``skimage.transform.radon/iradon`` in tests/sim/test_scanner.py. Every slice goes through the full chain
+``skimage.transform.radon/iradon`` in tests/sim/test_sim_scanner.py. Every slice goes through the full chain
 (no noise-insertion shortcut is needed for the speed goal).
 
 Real (already noisy) input. A real scan already carries the noise of its own acquisition. With

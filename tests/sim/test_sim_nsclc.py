@@ -14,8 +14,9 @@ from styleseg.sim import nps, scanner
 from styleseg.sim.benchmark import simulate_dataset
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nsclc"
-pytestmark = pytest.mark.skipif(not (DATA / "LUNG1-004_ct.nii.gz").exists(),
-                                reason="../shared/data/nsclc is absent (real CT needed for this check)")
+pytestmark = [pytest.mark.realdata,
+              pytest.mark.skipif(not (DATA / "LUNG1-004_ct.nii.gz").exists(),
+                                 reason="../shared/data/nsclc is absent (real CT needed for this check)")]
 
 
 def _slices(case: str, n: int = 2):
