@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,30 @@ def test_dataset_input(tmp_path, toy_model, toy_dataset):
     lab = sitk.ReadImage(str(tmp_path / "out" / "toy00.nii.gz"))
     assert lab.GetSize() == img.GetSize() and lab.GetDirection() == img.GetDirection()
     assert np.allclose(lab.GetOrigin(), img.GetOrigin()) and np.allclose(lab.GetSpacing(), img.GetSpacing())
+
+
+DICOM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom" / "LUNG1-005"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not DICOM.exists(), reason="../shared/data/dicom/LUNG1-005 is absent (fresh clone)")
+def test_dicom_series_input_matches_nifti_grid(tmp_path, toy_model):
+    """A real DICOM CT series folder is read in chunks; labels lie on the series grid (the NIfTI
+    copy of the same patient keeps every other slice at the same z positions)."""
+    from styleseg.io.dicom import scan_dicom, slice_geometry
+
+    src = next(DICOM.glob("*/1.000000-*"))
+    headers, _ = slice_geometry(next(iter(scan_dicom([src]).ct_series().values())))
+    series = tmp_path / "series"
+    series.mkdir()
+    for h in headers[40:52]:  # 12 consecutive slices keep the test fast
+        shutil.copy(h.path, series / h.path.name)
+    rep = segment([series], toy_model, tmp_path / "o", chunk_slices=5)
+    assert rep.done == ["series"] and rep.slices == 12, rep.failed
+    lab = read_nifti(tmp_path / "o" / "series.nii.gz")
+    ref = read_nifti(DICOM.parents[1] / "nsclc" / "LUNG1-005_ct.nii.gz")
+    assert lab.shape[1:] == ref.shape[1:] == (512, 512) and lab.array.dtype == np.uint8
+    assert np.allclose(lab.spacing[:2], ref.spacing[:2], atol=1e-3)
+    assert np.allclose(lab.direction, ref.direction, atol=1e-4)
+    common = set(np.round(ref.slice_z_positions(), 1)) & set(np.round(lab.slice_z_positions(), 1))
+    assert len(common) == 6  # every other slice of the NIfTI copy

@@ -1,9 +1,92 @@
-"""CLI commands of the seg area (registered on the main app by styleseg.cli)."""
+"""CLI commands of the seg area: `styleseg train-seg` and `styleseg segment`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from styleseg.cli import handle_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to app."""
+
+    @app.command("train-seg")
+    @handle_errors
+    def train_seg(
+        datasets: list[Path] = typer.Argument(..., help="Annotated dataset folder(s), e.g. source + augmented."),
+        out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+        preset: str = typer.Option("quick", help="quick (CPU, minutes) or paper (GPU)."),
+        config: Path | None = typer.Option(None, help="TOML file with [train_seg] settings over the preset."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run exactly."),
+        val_case: list[str] = typer.Option([], "--val-case", help="Validation case (repeat); default: seeded split."),
+        no_val: bool = typer.Option(False, "--no-val", help="Train on every case; keep the last epoch."),
+        epochs: int | None = typer.Option(None, help="Override the number of epochs."),
+        downsample: int | None = typer.Option(None, help="Low-resolution comparison arm only (default 1: native)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    ) -> None:
+        """Train the U-Net (Dice + CE, partial labels as unknown) at native pixel spacing.
+
+        Example: styleseg train-seg data/source data/augmented --out models/unet2 --preset quick
+        Multi-GPU: torchrun --nproc_per_node 4 $(which styleseg) train-seg DATASET --out MODEL --preset paper
+        """
+        import dataclasses
+
+        from rich.console import Console
+
+        from styleseg.config import dump_toml, from_dict, load_toml, to_dict
+        from styleseg.seg.train import SegTrainConfig, train_segmentation
+
+        cfg = SegTrainConfig.preset(preset)
+        if config is not None:
+            over = load_toml(config).get("train_seg", {})
+            cfg = from_dict(SegTrainConfig, {**to_dict(cfg), **over}, f"{config} [train_seg]")
+        if epochs is not None:
+            cfg = dataclasses.replace(cfg, epochs=epochs)
+        if downsample is not None:
+            cfg = dataclasses.replace(cfg, downsample=downsample)
+        con = Console()
+        if dry_run:
+            con.print(dump_toml({"train_seg": to_dict(cfg)}))
+            return
+        vc = [] if no_val else (val_case or None)
+        folder = train_segmentation(datasets, out, cfg, resume=resume, val_cases=vc)
+        con.print(f"[green]model written to[/] {folder}")
+
+    @app.command("segment")
+    @handle_errors
+    def segment_cmd(
+        inputs: list[Path] = typer.Argument(..., help="NIfTI files, DICOM series folders or dataset folders."),
+        model: Path = typer.Option(..., "--model", "-m", help="Segmentation model folder (train-seg)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<case>.nii.gz."),
+        continue_: bool = typer.Option(False, "--continue", help="Skip cases whose output exists."),
+        part_id: int = typer.Option(0, "--part-id", help="This shard (0-based)."),
+        num_parts: int = typer.Option(1, "--num-parts", help="Number of shards (cases by sorted index mod N)."),
+        dicom_seg: bool = typer.Option(False, "--dicom-seg", help="Also write DICOM SEG (not available yet)."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+        batch_size: int = typer.Option(8, help="Slices per forward pass."),
+        bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (faster on CPUs with AMX, GPUs)."),
+        channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory layout."),
+        force_spacing: bool = typer.Option(False, "--force-spacing", help="Run on inputs > 2x off the training "
+                                           "pixel spacing."),
+    ) -> None:
+        """Segment CT volumes with a trained U-Net (streaming, resumable, shardable).
+
+        Example: styleseg segment data/target --model models/unet2 --out preds --continue --part-id 0 --num-parts 4
+        """
+        from rich.console import Console
+
+        from styleseg.seg.predict import segment
+
+        rep = segment(inputs, model, out, continue_=continue_, part_id=part_id, num_parts=num_parts,
+                      dicom_seg=dicom_seg, device=device, batch_size=batch_size,
+                      dtype="bfloat16" if bf16 else "float32", channels_last=channels_last,
+                      force_spacing=force_spacing)
+        con = Console()
+        con.print(f"[green]{len(rep.done)} segmented[/], {len(rep.skipped)} skipped (done before), "
+                  f"[red]{len(rep.failed)} failed[/] -> {rep.out} ({rep.slices} slices, {rep.seconds:.1f} s)")
+        for cid, msg in rep.failed.items():
+            con.print(f"  [red]{cid}[/]: {msg}", highlight=False, soft_wrap=True)
+        if rep.failed:
+            raise typer.Exit(1)

@@ -218,8 +218,6 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
 
     if not 0 <= part_id < num_parts:
         raise ConfigError(f"--part-id {part_id} must be in [0, --num-parts {num_parts})")
-    if dicom_seg:
-        raise ConfigError("--dicom-seg is not available yet (needs styleseg.io.rtstruct); write NIfTI")
     pred = Predictor(model, device=device, batch_size=batch_size, dtype=dtype, channels_last=channels_last,
                      force_spacing=force_spacing)
     cases = discover_inputs(inputs)
@@ -235,9 +233,12 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
             continue
         try:
             if kind == "nifti":
+                if dicom_seg:
+                    log.warning("%s: --dicom-seg needs DICOM input (the SEG references its slices); "
+                                "writing NIfTI only", cid)
                 rep.slices += segment_nifti_streaming(pred, path, dest, chunk_slices)
             else:
-                rep.slices += _segment_dicom(pred, path, dest)
+                rep.slices += _segment_dicom(pred, path, dest, chunk_slices, dicom_seg)
             rep.done.append(cid)
             log.info("segmented %s -> %s", cid, dest)
         except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
@@ -249,18 +250,35 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     return rep
 
 
-def _segment_dicom(pred: Predictor, folder: Path, dest: Path) -> int:
-    try:
-        from styleseg.io import dicom as dicom_io  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise InputError(folder, "DICOM input needs styleseg.io.dicom, which is not installed in this version",
-                         "convert the series to NIfTI first") from e
-    vol = dicom_io.read_series(folder)
-    from styleseg.io.volume import write_nifti
+def _segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int = 32,
+                   dicom_seg: bool = False) -> int:
+    """Segment one DICOM CT series folder, reading ``chunk_slices`` files at a time (int16 HU chunks;
+    the uint8 labels are collected, 1 byte per voxel). With ``dicom_seg`` also writes
+    ``<dest stem>.dcm``, a DICOM SEG referencing the source slices."""
+    from styleseg.io.dicom import read_ct_series, scan_dicom, slice_geometry
+    from styleseg.io.volume import Volume, write_nifti
+    from styleseg.seg.train import to_canonical
 
-    lab = pred.predict_volume(vol)
-    write_nifti(lab, dest, np.uint8)
-    return vol.shape[0]
+    series = scan_dicom([folder]).ct_series()
+    if len(series) != 1:
+        raise InputError(folder, f"holds {len(series)} CT series; expected exactly one",
+                         "pass one folder per series")
+    headers, geom = slice_geometry(next(iter(series.values())))
+    flips = pred.check_geometry(geom["spacing"], geom["direction"], folder)
+    first = headers[0].ds
+    lab = np.zeros((len(headers), int(first.Rows), int(first.Columns)), np.uint8)
+    for z0 in range(0, len(headers), chunk_slices):
+        chunk = read_ct_series(headers[z0:z0 + chunk_slices])
+        lab[z0:z0 + chunk.shape[0]] = to_canonical(pred.predict_array(to_canonical(chunk.array, flips)), flips)
+    vol = Volume(lab, geom["spacing"], geom["origin"], geom["direction"])
+    write_nifti(vol, dest, np.uint8)
+    if dicom_seg:
+        from styleseg.io.rtstruct import write_seg
+        from styleseg.labels import LabelSchema
+
+        write_seg(vol, LabelSchema.from_labels_dict(pred.labels), [str(h.path) for h in headers],
+                  dest.with_name(dest.name.replace(".nii.gz", ".dcm")))
+    return len(headers)
 
 
 def _nifti_header(path: Path):
