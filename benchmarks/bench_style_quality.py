@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_style_quality.py --out /tmp/bsq --steps 100
 
 1. texture: NPS distance (generated, style) vs NPS distance (source, style) for every style
-   (``styleseg.sim.nps.slice_nps`` inside the body label, ``nps_distance`` in log10 decades); the target
+   (radial NPS of 16 px high-pass ROIs inside body/heart, ``sim.nps.nps_distance``, log10 decades); target
    is a ratio <= 1/3;
 2. anatomy: mean HU per structure of the generated slices vs the style slice (target: within 30 HU);
 3. separate (n generators) vs one conditional generator: the same measures and the training time.
@@ -26,7 +26,7 @@ import torch
 
 from styleseg.io.dataset import Dataset
 from styleseg.sim.benchmark import BenchmarkConfig, make_benchmark
-from styleseg.sim.nps import nps_distance, slice_nps
+from styleseg.sim.nps import RadialNPS, nps_2d, nps_distance, radial_nps
 from styleseg.style.augment import generate_volume, style_grid_figure
 from styleseg.style.generator import load_generator
 from styleseg.style.styleset import StyleSet, StyleSlice, slice_volume
@@ -50,6 +50,21 @@ def build_styles(target: Path, out: Path) -> StyleSet:
     return ss
 
 
+def tissue_nps(hu: np.ndarray, lab: np.ndarray, spacing: float, roi: int = 16) -> RadialNPS:
+    """Radial NPS of the high-pass residual (hu - Gaussian(2 px)) in ROIs fully inside soft tissue (body,
+    heart: labels 3 and 6, eroded), so the anatomy of the label map does not enter the texture measure."""
+    from scipy import ndimage as ndi
+
+    resid = hu - ndi.gaussian_filter(hu.astype(np.float64), 2.0)
+    m = ndi.binary_erosion(np.isin(lab, (3, 6)), iterations=2)
+    rois = [resid[i:i + roi, j:j + roi] for i in range(0, hu.shape[0] - roi, roi // 2)
+            for j in range(0, hu.shape[1] - roi, roi // 2) if m[i:i + roi, j:j + roi].all()]
+    if not rois:
+        raise ValueError("no soft-tissue ROI")
+    nps2d, f = nps_2d(np.stack(rois), spacing, "mean")
+    return radial_nps(nps2d, f, len(rois))
+
+
 def measure(gen_folders: list[Path], ss: StyleSet, source: Path, spacing: float) -> list[dict]:
     ds = Dataset(source)
     srcs = []
@@ -57,18 +72,17 @@ def measure(gen_folders: list[Path], ss: StyleSet, source: Path, spacing: float)
         img, lab = ds.load_image(rec.case_id), ds.load_label(rec.case_id)
         k = img.shape[0] // 2
         srcs.append((np.asarray(img.array[k], np.float32), np.asarray(lab.array[k])))
-    body = ds.schema.value("body")
     rows = []
     for gp in gen_folders:
         model, meta = load_generator(gp)
         for k, rec in enumerate(meta["styles"]):
             st = next(s for s in ss.styles if s.index == rec["index"])
-            n_style = slice_nps(st.hu, spacing, st.label_map == body)
+            n_style = tissue_nps(st.hu, st.label_map, spacing)
             d_src, d_gen, dhu = [], [], {}
             for i, (hu, lab) in enumerate(srcs):
                 g = generate_volume(model, lab[None], hu[None], k, seed=i)[0].astype(np.float32)
-                d_src.append(nps_distance(slice_nps(hu, spacing, lab == body), n_style))
-                d_gen.append(nps_distance(slice_nps(g, spacing, lab == body), n_style))
+                d_src.append(nps_distance(tissue_nps(hu, lab, spacing), n_style))
+                d_gen.append(nps_distance(tissue_nps(g, lab, spacing), n_style))
                 for name, v in ss.schema.structures:
                     if (lab == v).sum() > 50 and (st.label_map == v).sum() > 50:
                         dhu.setdefault(name, []).append(float(g[lab == v].mean() - st.hu[st.label_map == v].mean()))
