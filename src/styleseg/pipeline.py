@@ -166,14 +166,29 @@ def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None
         if data.get(key):
             p = Path(data[key])
             data[key] = str(p if p.is_absolute() else (path.parent / p).resolve())
-    raw["data"] = data
-    return from_dict(ExperimentConfig, raw, str(path))
+    if data:
+        raw["data"] = data
+    cfg = from_dict(ExperimentConfig, raw, str(path))
+    cfg.resolved()  # build every stage config now, so a typo in any section fails before any work
+    return cfg
 
 
 def demo_config(preset: str = "quick", arms: tuple[str, ...] | None = None) -> ExperimentConfig:
     """The built-in demo: the phantom benchmark and every arm, sized for 2 CPU cores."""
-    return ExperimentConfig(name="styleseg demo (phantom benchmark)", preset=preset,
-                            data=DataConfig(benchmark=True), arms=arms or ALL_ARMS)
+    small = preset == "quick"
+    return ExperimentConfig(
+        name="styleseg demo (phantom benchmark)", preset=preset, data=DataConfig(benchmark=True),
+        arms=arms or ALL_ARMS, n_styles=3 if small else 6,
+        # the quick demo trains 7 U-Nets and 4 generators on 2 CPU cores within ~15 minutes, so each
+        # network gets a short budget; BENCHMARKS.md has the longer runs
+        generators=DEMO_GENERATORS if small else {},
+        train_seg=DEMO_TRAIN_SEG if small else {},
+    )
+
+
+#: demo sizes for the quick preset (2 CPU cores, <= 15 minutes for the whole experiment)
+DEMO_GENERATORS: dict[str, Any] = {"steps": 60}
+DEMO_TRAIN_SEG: dict[str, Any] = {"epochs": 4, "steps_per_epoch": 25, "crop": 128, "batch_size": 8}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,7 +284,8 @@ class Experiment:
             "title": self.cfg.name, "preset": self.cfg.preset, "seed": self.cfg.seed,
             "arms": list(self.cfg.arms), "arm_titles": {a: ARM_TITLES[a] for a in self.cfg.arms},
             "baseline": "baseline", "oracle": "oracle" if "oracle" in self.cfg.arms else None,
-            "target_ref": str(self.d / "target_test"), "timings": self.stages.timings(),
+            "target_ref": str(self.d / "target_test"), "stages": self.stages.timings(),
+            "config": self.cfg.resolved(),
         })
 
     @property
@@ -282,16 +298,21 @@ class Experiment:
         src, tgt = self.d / "source", self.d / "target"
         if c.benchmark:
             def build() -> None:
+                import os
                 import shutil
 
-                from styleseg.sim.benchmark import make_benchmark
+                from styleseg.sim.benchmark import BenchmarkConfig, make_benchmark
 
-                for p in (src, tgt):
+                for p in (src, tgt, self.d / "benchmark"):
                     if p.exists():
                         shutil.rmtree(p)
-                # writes DATA/source and DATA/target
-                make_benchmark(self.d, preset=self.cfg.benchmark.get("preset", self.cfg.preset),
-                               seed=self.cfg.seed, **{k: v for k, v in self.cfg.benchmark.items() if k != "preset"})
+                preset = self.cfg.benchmark.get("preset", self.cfg.preset)
+                kw = {k: v for k, v in self.cfg.benchmark.items() if k != "preset"}
+                config = from_dict(BenchmarkConfig, {**to_dict(BenchmarkConfig.preset(preset)), **kw}, "[benchmark]")
+                s, t = make_benchmark(self.d / "benchmark", preset=preset, seed=self.cfg.seed, config=config)
+                os.replace(s, src)
+                os.replace(t, tgt)
+                shutil.rmtree(self.d / "benchmark")
             self._stage("data", {"benchmark": self.cfg.benchmark, "preset": self.cfg.preset, "seed": self.cfg.seed},
                         [], [src, tgt], build)
             return
@@ -346,7 +367,7 @@ class Experiment:
                 lab = ds.load_label(rec.case_id, image=img)
                 for pname in c.target_protocols:
                     prot = get_protocol(pname)
-                    hu = reimage(img.array.astype(np.float32), img.spacing[0], prot, rng)
+                    hu = reimage(img.array.astype(np.float32), img.spacing[0], prot, rng, noise_free_input=False)
                     w.add_case(f"{rec.case_id}_{pname}", img.with_array(hu), lab, annotated=rec.annotated,
                                derived=rec.derived, label_role="labelsRef", patient=rec.case_id,
                                protocol=prot.to_json(), scanner=rec.extras.get("scanner", {}))
@@ -415,6 +436,35 @@ class Experiment:
                     [out], build)
         return out
 
+    def stage_figures(self, generators: Path) -> None:
+        """The paper's Fig. 2 (style slices x source label maps -> generated slices) and the contact sheet."""
+        figs = self.run / "figures"
+
+        def build() -> None:
+            import shutil
+
+            from styleseg.io.dataset import Dataset
+            from styleseg.style.augment import style_grid_figure
+
+            figs.mkdir(parents=True, exist_ok=True)
+            ds = Dataset(self.d / "source")
+            labels, sources = [], []
+            for rec in ds.labelled_cases()[:3]:
+                lab = ds.load_label(rec.case_id).array
+                k = int(np.argmax(np.isin(lab, [1, 2]).sum(axis=(1, 2))))  # the slice with most lung
+                labels.append(lab[k])
+                sources.append(ds.load_image(rec.case_id).array[k].astype(np.float32))
+            style_grid_figure(self.run / "styles", generators, labels, figs / "style_grid.png", seed=self.cfg.seed,
+                              sources=sources)
+            write_text(figs / "style_grid.txt", "Like the paper's Fig. 2: style slices across the top, source "
+                       "label maps down the side, generated slices in the grid (W400/L40).")
+            sheet = self.run / "styles" / "contact_sheet.png"
+            if sheet.exists():
+                shutil.copy2(sheet, figs / "style_contact_sheet.png")
+                write_text(figs / "style_contact_sheet.txt", "Automatically chosen style slices (k-medoids of "
+                           "texture descriptors) with their cluster sizes and scanner/protocol tags.")
+        self._stage("figures", {"seed": self.cfg.seed}, ["styles", "generators"], [figs / "style_grid.png"], build)
+
     def stage_oracle_data(self) -> Path | None:
         """The source re-imaged with each target protocol: true target texture on source anatomy."""
         protocols = target_protocols(self.d / "target")
@@ -441,7 +491,8 @@ class Experiment:
                     w.add_case(rec.case_id, img, lab, annotated=rec.annotated, derived=rec.derived,
                                patient=patient_of(rec))
                     for pname in protocols:
-                        hu = reimage(img.array.astype(np.float32), img.spacing[0], get_protocol(pname), rng)
+                        hu = reimage(img.array.astype(np.float32), img.spacing[0], get_protocol(pname), rng,
+                                     noise_free_input=False)
                         w.add_case(f"{rec.case_id}_{pname}", img.with_array(hu), lab, annotated=rec.annotated,
                                    derived=rec.derived, patient=patient_of(rec), protocol=pname)
         self._stage("oracle_data", {"protocols": protocols, "seed": self.cfg.seed}, ["data"], [out], build)
@@ -504,7 +555,7 @@ class Experiment:
         """The test set denoised with a strength tuned on style-pool slices to the source noise level."""
         import shutil
 
-        from styleseg.data.arms import denoise, tune_denoiser
+        from styleseg.data.arms import tune_denoiser
         from styleseg.io.dataset import Dataset, DatasetWriter
 
         out = self.d / "target_test_denoised"
@@ -512,15 +563,16 @@ class Experiment:
             shutil.rmtree(out)
         noisy = pool_slices(self.d / "target_pool", self._pool_cases())
         clean = pool_slices(self.d / "source", [r.case_id for r in Dataset(self.d / "source")][:4])
-        method, strength = tune_denoiser(noisy, clean)
+        den = tune_denoiser(noisy, clean)
         ds = Dataset(self.d / "target_test")
         with DatasetWriter(out, "target test set, denoised", ds.schema,
-                           meta={"denoise": {"method": method, "strength": strength}}) as w:
+                           meta={"denoise": {"method": den.method, "strength": den.strength}}) as w:
             for rec in ds:
                 img = ds.load_image(rec.case_id)
-                hu = np.stack([denoise(s.astype(np.float32), method, strength) for s in img.array])
+                hu = np.stack([den(s.astype(np.float32)) for s in img.array])
                 w.add_case(rec.case_id, img.with_array(hu), None, **rec.extras)
-        write_json(self.run / "arms" / "denoise" / "denoiser.json", {"method": method, "strength": strength})
+        write_json(self.run / "arms" / "denoise" / "denoiser.json",
+                   {"method": den.method, "strength": den.strength, "reference_std": den.reference_std})
         return out
 
     def stage_evaluate_arm(self, arm: str, upstream: list[str]) -> None:
@@ -554,7 +606,9 @@ class Experiment:
         if self.needs_styles:
             self.stage_styles()
             if "styleseg" in self.cfg.arms:
-                aug["separate"] = self.stage_augment(False, self.stage_generators(False))
+                gens = self.stage_generators(False)
+                aug["separate"] = self.stage_augment(False, gens)
+                self.stage_figures(gens)
             if "styleseg_cond" in self.cfg.arms:
                 aug["conditional"] = self.stage_augment(True, self.stage_generators(True))
         oracle = self.stage_oracle_data() if "oracle" in self.cfg.arms else None

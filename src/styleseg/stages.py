@@ -62,13 +62,13 @@ class StageRunner:
         if self.done(name, h, outputs):
             prev = json.loads(self.marker(name).read_text())
             res = StageResult(name, h, True, float(prev.get("seconds", 0.0)), [str(p) for p in outputs])
-            log.info("stage %-14s up to date (hash %s): skipped", name, h)
+            log.debug("stage %-14s up to date (hash %s): skipped", name, h)
             self.on_event(name, "skipped")
             self.results.append(res)
             return res
         self.marker(name).unlink(missing_ok=True)
         self.on_event(name, "started")
-        log.info("stage %-14s running (hash %s)", name, h)
+        log.debug("stage %-14s running (hash %s)", name, h)
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0

@@ -1,0 +1,110 @@
+"""End to end at toy size: every stage and every arm of `styleseg run`, then a re-run that skips all.
+
+Minutes of CPU at most: tiny phantoms, a few optimiser steps per network. It checks the plumbing
+(stages, artifacts, skipping, report), not accuracy; accuracy lives in benchmarks/ and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from styleseg.config import ConfigError
+from styleseg.pipeline import ALL_ARMS, ExperimentConfig, load_experiment, run_experiment
+
+TOY = """
+name = "toy"
+preset = "quick"
+seed = 3
+n_styles = 2
+arms = {arms}
+
+[data]
+benchmark = true
+style_pool_fraction = 0.34
+
+[benchmark]
+n_source = 3
+n_target = 3
+source_slices = 2
+target_slices = 2
+size = 192
+target_protocols = ["low-dose-sharp", "ultra-low-dose-standard"]
+
+[select]
+candidates_per_case = 2
+use_vgg = false
+
+[generators]
+steps = 2
+crop = 32
+base = 4
+n_res = 1
+checkpoint_every = 1
+
+[train_seg]
+epochs = 1
+steps_per_epoch = 2
+crop = 64
+batch_size = 2
+base_channels = 4
+depth = 2
+val_fraction = 0.0
+
+[evaluate]
+"""
+
+
+def _toml(tmp: Path, arms: tuple[str, ...]) -> Path:
+    p = tmp / "toy.toml"
+    p.write_text(TOY.format(arms=json.dumps(list(arms))))
+    return p
+
+
+@pytest.mark.slow
+def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
+    cfg = load_experiment(_toml(tmp_path, ALL_ARMS))
+    run = tmp_path / "run"
+    events: list[tuple[str, str]] = []
+    summary = run_experiment(cfg, run, on_event=lambda s, w: events.append((s, w)))
+    assert summary["skipped_arms"] == {}
+    split = json.loads((run / "split.json").read_text())
+    styles = json.loads((run / "styles" / "styles.json").read_text())["styles"]
+    # style slices never come from test patients
+    assert {s["case_id"] for s in styles} <= set(split["style_pool"])
+    assert not set(split["style_pool"]) & set(split["test"])
+    for arm in ALL_ARMS:
+        m = json.loads((run / "arms" / arm / "metrics.json").read_text())
+        assert sorted(m["cases"]) == sorted(split["test"]), arm
+        assert "lung_left" in m["mean"]
+        if arm != "baseline":
+            assert "comparison" in m
+    # m x (n+1): 3 source cases x (2 styles + original)
+    aug = json.loads((run / "data" / "aug_separate" / "dataset.json").read_text())
+    assert len(aug["styleseg"]["cases"]) == 3 * 3
+    html = (run / "report.html").read_text()
+    for arm in ALL_ARMS:
+        assert arm in html
+    assert (run / "figures" / "style_grid.png").exists()
+    # a second run does nothing
+    again = run_experiment(cfg, run)
+    assert again["all_skipped"]
+    # a changed segmentation setting re-runs training onwards, but not the data or generators
+    cfg2 = load_experiment(_toml(tmp_path, ("baseline", "lowres")))
+    s3 = run_experiment(cfg2, run)
+    ran = {name for name, t in s3["timings"].items() if not t["skipped"]}
+    assert "data" not in ran and "train_baseline" not in ran and "report" in ran
+
+
+def test_config_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'styleseg'"):
+        ExperimentConfig(arms=("baseline", "stylseg"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nn_style = 3\n')
+    with pytest.raises(ConfigError, match="did you mean 'n_styles'"):
+        load_experiment(bad)
+    bad.write_text('[train_seg]\nepochz = 3\n')
+    with pytest.raises(ConfigError, match="epochs"):
+        load_experiment(bad).seg_config()
