@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from styleseg.io.dataset import DatasetWriter
 from styleseg.io.volume import Volume
 from styleseg.labels import LabelSchema
+
+# toy nets are far too small for intra-op threads: on a shared 2-core machine they only add contention
+torch.set_num_threads(1)
 
 
 def toy_case(rng: np.random.Generator, n: int = 6, size: int = 32, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
