@@ -137,7 +137,7 @@ def test_dicom_series_input_matches_nifti_grid(tmp_path, toy_model):
     series.mkdir()
     for h in headers[40:52]:  # 12 consecutive slices keep the test fast
         shutil.copy(h.path, series / h.path.name)
-    rep = segment([series], toy_model, tmp_path / "o", chunk_slices=5)
+    rep = segment([series], toy_model, tmp_path / "o", chunk_slices=5, dicom_seg=True)
     assert rep.done == ["series"] and rep.slices == 12, rep.failed
     lab = read_nifti(tmp_path / "o" / "series.nii.gz")
     ref = read_nifti(DICOM.parents[1] / "nsclc" / "LUNG1-005_ct.nii.gz")
@@ -146,3 +146,7 @@ def test_dicom_series_input_matches_nifti_grid(tmp_path, toy_model):
     assert np.allclose(lab.direction, ref.direction, atol=1e-4)
     common = set(np.round(ref.slice_z_positions(), 1)) & set(np.round(lab.slice_z_positions(), 1))
     assert len(common) == 6  # every other slice of the NIfTI copy
+    import pydicom
+
+    seg = pydicom.dcmread(tmp_path / "o" / "series.dcm")
+    assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 12

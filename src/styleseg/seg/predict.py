@@ -271,13 +271,13 @@ def _segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int 
         chunk = read_ct_series(headers[z0:z0 + chunk_slices])
         lab[z0:z0 + chunk.shape[0]] = to_canonical(pred.predict_array(to_canonical(chunk.array, flips)), flips)
     vol = Volume(lab, geom["spacing"], geom["origin"], geom["direction"])
-    write_nifti(vol, dest, np.uint8)
-    if dicom_seg:
+    if dicom_seg:  # before the NIfTI, whose existence is what --continue trusts
         from styleseg.io.rtstruct import write_seg
         from styleseg.labels import LabelSchema
 
         write_seg(vol, LabelSchema.from_labels_dict(pred.labels), [str(h.path) for h in headers],
                   dest.with_name(dest.name.replace(".nii.gz", ".dcm")))
+    write_nifti(vol, dest, np.uint8)
     return len(headers)
 
 
