@@ -79,6 +79,9 @@ class DataConfig:
     style_pool_fraction: float = 0.3
     style_pool: tuple[str, ...] = ()
     max_test_cases: int = 0
+    #: unlabelled same-scan pairs (e.g. sharp and standard kernel reconstructions): each arm segments
+    #: both and reports their agreement (Dice between the two predictions per structure)
+    agreement_pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         n_src = int(self.benchmark) + int(bool(self.source)) + int(self.source_dataset is not None)
@@ -162,6 +165,9 @@ def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None
     for key in ("source", "target"):
         if key in data:
             data[key] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in data[key]]
+    if "agreement_pairs" in data:
+        data["agreement_pairs"] = [[str(p if Path(p).is_absolute() else (path.parent / p).resolve()) for p in pair]
+                                   for pair in data["agreement_pairs"]]
     for key in ("source_dataset", "target_dataset", "cases_json"):
         if data.get(key):
             p = Path(data[key])
@@ -551,19 +557,25 @@ class Experiment:
         self._stage(f"predict_{arm}", {"arm": arm}, upstream, [pred], build)
         return pred
 
+    def _denoiser(self):
+        """Denoiser tuned on style-pool slices to bring them to the source's soft-tissue noise level."""
+        from styleseg.data.arms import tune_denoiser
+        from styleseg.io.dataset import Dataset
+
+        noisy = pool_slices(self.d / "target_pool", self._pool_cases())
+        clean = pool_slices(self.d / "source", [r.case_id for r in Dataset(self.d / "source")][:4])
+        return tune_denoiser(noisy, clean)
+
     def _denoised_test(self) -> Path:
         """The test set denoised with a strength tuned on style-pool slices to the source noise level."""
         import shutil
 
-        from styleseg.data.arms import tune_denoiser
         from styleseg.io.dataset import Dataset, DatasetWriter
 
         out = self.d / "target_test_denoised"
         if out.exists():
             shutil.rmtree(out)
-        noisy = pool_slices(self.d / "target_pool", self._pool_cases())
-        clean = pool_slices(self.d / "source", [r.case_id for r in Dataset(self.d / "source")][:4])
-        den = tune_denoiser(noisy, clean)
+        den = self._denoiser()
         ds = Dataset(self.d / "target_test")
         with DatasetWriter(out, "target test set, denoised", ds.schema,
                            meta={"denoise": {"method": den.method, "strength": den.strength}}) as w:
@@ -584,6 +596,39 @@ class Experiment:
             compare = None if arm == "baseline" else self.run / "arms" / "baseline" / "pred"
             evaluate(self.run / "arms" / arm / "pred", self.d / "target_test", out=out, compare=compare)
         self._stage(f"evaluate_{arm}", {"arm": arm, **self.cfg.evaluate}, upstream, [out], build)
+
+    def stage_agreement(self) -> None:
+        """Texture robustness without labels: Dice between each arm's predictions on the two scans of a pair."""
+        pairs = self.cfg.data.agreement_pairs
+        out = self.run / "agreement.json"
+
+        def build() -> None:
+            from styleseg.eval.metrics import dice
+            from styleseg.io.dataset import Dataset
+            from styleseg.io.volume import read_nifti
+            from styleseg.seg.predict import Predictor
+
+            schema = Dataset(self.d / "source").schema
+            result: dict[str, Any] = {"pairs": [list(p) for p in pairs], "arms": {}}
+            for arm in self.cfg.arms:
+                model = self.run / "arms" / ("baseline" if arm == "denoise" else arm) / "model"
+                if not (model / "model.json").exists():
+                    continue
+                pred = Predictor(model)
+                den = self._denoiser() if arm == "denoise" else None
+                per_pair = []
+                for a, b in pairs:
+                    labs = []
+                    for path in (a, b):
+                        vol = read_nifti(path)
+                        if den is not None:
+                            vol = vol.with_array(np.stack([den(s.astype(np.float32)) for s in vol.array]))
+                        labs.append(pred.predict_volume(vol).array)
+                    per_pair.append({n: dice(labs[0] == v, labs[1] == v) for n, v in schema.structures})
+                result["arms"][arm] = {n: float(np.mean([pp[n] for pp in per_pair])) for n, _ in schema.structures}
+            write_json(out, result)
+        upstream = [f"train_{a}" for a in self.cfg.arms if f"train_{a}" in self.hashes]
+        self._stage("agreement", {"pairs": [list(p) for p in pairs]}, upstream, [out], build)
 
     def stage_report(self) -> Path:
         out = self.run / "report.html"
@@ -630,6 +675,8 @@ class Experiment:
             if arm in skipped:
                 continue
             self.stage_evaluate_arm(arm, [f"predict_{arm}"] + (["predict_baseline"] if arm != "baseline" else []))
+        if self.cfg.data.agreement_pairs:
+            self.stage_agreement()
         report = self.stage_report()
         summary = {"report": str(report), "skipped_arms": skipped, "timings": self.stages.timings(),
                    "all_skipped": all(r.skipped for r in self.stages.results)}

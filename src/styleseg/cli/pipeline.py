@@ -51,6 +51,20 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
                         *[f"{r[s]:.3f}" if s in r else "-" for s in structures],
                         f"{r['pixel_acc']:.4f}" if "pixel_acc" in r else "-")
         con.print(tab)
+    agree = run_dir / "agreement.json"
+    if agree.exists():
+        import json
+
+        res = json.loads(agree.read_text())["arms"]
+        if res:
+            structures = list(next(iter(res.values())))
+            tab = Table(title="Agreement between the two scans of each same-scan pair (Dice of the predictions)")
+            tab.add_column("arm")
+            for s in structures:
+                tab.add_column(s, justify="right")
+            for arm, d in res.items():
+                tab.add_row(ARM_TITLES.get(arm, arm), *[f"{d[s]:.3f}" for s in structures])
+            con.print(tab)
     for arm, why in summary["skipped_arms"].items():
         con.print(f"[yellow]arm {arm} skipped:[/] {why}")
     con.print(f"total {time.time() - t0:.0f} s; report: [bold]{summary['report']}[/]")
