@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; on a shared 2-core machine 1 thread was 5x faster per step than 2")
     ap.add_argument("--smoke", action="store_true", help="a 2-step run to check the script")
+    ap.add_argument("--amp", choices=("none", "bf16"), default=None, help="override the preset's amp")
+    ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
     args = ap.parse_args()
     import torch
@@ -87,9 +89,11 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, epochs=args.epochs)
     if args.steps:
         cfg = dataclasses.replace(cfg, steps_per_epoch=args.steps)
+    if args.amp:
+        cfg = dataclasses.replace(cfg, amp=args.amp)
     train_ds = import_nsclc(args.work / "train_ds", TRAIN)
     test_ds = import_nsclc(args.work / "test_ds", TEST)
-    model = args.work / f"model_{'smoke' if args.smoke else 'quick'}"
+    model = args.work / f"model_{'smoke' if args.smoke else args.tag}"
     t0 = time.perf_counter()
     resume = (model / "checkpoint.pt").exists()
     if not args.eval_only and (not (model / "model.json").exists() or resume):
@@ -104,7 +108,8 @@ def main() -> None:
     print(f"model after epoch {epochs_done} of {cfg.epochs}")
     names = list(TARGETS)
     print(f"\ncrop {cfg.crop} px at native spacing (~0.98 mm), base {cfg.base_channels} ch, depth {cfg.depth}, "
-          f"{cfg.epochs} x {cfg.steps_per_epoch} steps of batch {cfg.batch_size}; train {t_train / 60:.1f} min, "
+          f"{cfg.epochs} x {cfg.steps_per_epoch} steps of batch {cfg.batch_size}, amp {cfg.amp}; "
+          f"train {t_train / 60:.1f} min, "
           f"predict {t_pred:.0f} s for {rep.slices} slices")
     print("| case | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
