@@ -20,7 +20,7 @@ TINY = GeneratorConfig(crop=32, steps=3, batch=1, base=4, n_res=1, log_every=1, 
 
 
 def test_generator_shapes_range_and_prior():
-    g = StyleGenerator(GeneratorSpec(num_classes=7, base=4, n_res=1))
+    g = StyleGenerator(GeneratorSpec(num_classes=7, base=4, n_res=1, output="tanh"))
     lab = torch.randint(0, 7, (2, 30, 37))  # not multiples of 4: padded and cropped back
     hu = g(lab)
     assert hu.shape == (2, 1, 30, 37)
@@ -35,6 +35,58 @@ def test_generator_shapes_range_and_prior():
         cg(lab)
     with pytest.raises(ValueError, match="out of range"):
         cg(lab, torch.tensor([0, 3]))
+
+
+def test_residual_generator_exact_segment_means_and_noise_colouring():
+    torch.manual_seed(0)
+    g = StyleGenerator(GeneratorSpec(num_classes=7, base=4, n_res=1, noise_kernel=3))
+    lab = torch.zeros(1, 64, 64, dtype=torch.long)
+    lab[:, :, 32:] = 6
+    lab[:, 20:40, 40:50] = 3
+    means = torch.tensor([[-500.0, -850, -850, 60, 30, 30, 40]])  # exact unless clamped at -1024
+    g.init_prior(means, torch.ones(1, 7, dtype=torch.bool))
+    with torch.no_grad():  # a non-zero content branch too: the means must still be exact
+        g.out.weight.normal_(0, 0.05)
+        g.out.bias.fill_(0.3)
+        hu = g(lab)[0, 0]
+    for v in (0, 3, 6):
+        assert abs(float(hu[lab[0] == v].mean()) - float(means[0, v])) < 1e-3
+    assert hu[lab[0] == 6].std() > 5  # there is texture
+    # noise branch alone: amplitude 10 HU, 3x3 box filter / 3 (unit energy) -> std 10, neighbours correlated
+    box = torch.full((1, 3, 3), 1.0 / 3.0)
+    g.init_texture(box, torch.full((1, 7), 10.0))
+    with torch.no_grad():
+        g.out.weight.zero_()
+        g.out.bias.zero_()
+        big = torch.full((1, 256, 256), 6)
+        hu = g(big, noise=torch.randn(1, 1, 256, 256))[0, 0] - 40.0
+    assert abs(float(hu.std()) - 10.0) < 0.4
+    c = float((hu[:, 1:] * hu[:, :-1]).mean() / hu.var())  # box 3x3: lag-1 correlation 6/9
+    assert abs(c - 2 / 3) < 0.05
+    with pytest.raises(ValueError, match="odd"):
+        GeneratorSpec(num_classes=7, noise_kernel=4)
+
+
+def test_texture_init_recovers_white_and_correlated_noise():
+    from scipy import ndimage as ndi
+
+    from styleseg.style.train import texture_init
+
+    rng = np.random.default_rng(1)
+    lab = np.full((160, 160), 6, np.uint8)
+    lab[:, :20] = 0
+    hu_w = 40.0 + 30.0 * rng.normal(size=lab.shape)
+    hu_w[lab == 0] = -1000 + 60.0 * rng.normal(size=(lab == 0).sum())
+    f, a = texture_init(hu_w, lab, 7, 11, "nps")
+    assert abs(a[6] - 30.0) < 4.0 and abs(a[0] - 60.0) < 10.0  # amplitudes per segment
+    assert f[5, 5] > 0.9 and abs(float((f**2).sum()) - 1.0) < 1e-5  # white noise: a near-delta filter
+    n = ndi.gaussian_filter(rng.normal(size=lab.shape), 1.5)
+    f2, a2 = texture_init(40.0 + 30.0 * n / n.std(), lab, 7, 11, "nps")
+    # correlated noise: a spread filter (white: neighbour/centre ~ 0; the exact sqrt-PSD filter of this noise is
+    # the Gaussian itself, ratio 0.80; slice_nps assumes a CT ramp near DC, which lowers it here)
+    assert abs(f[5, 6] / f[5, 5]) < 0.1 and f2[5, 6] / f2[5, 5] > 0.45
+    fw, _ = texture_init(hu_w, lab, 7, 11, "white")
+    assert fw[5, 5] == 1.0 and fw.sum() == 1.0
 
 
 def test_train_separate_writes_model_folders_logs_and_resumes_exactly(tiny_source, tiny_styles, tmp_path,

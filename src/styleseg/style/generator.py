@@ -20,6 +20,19 @@ renders all n styles.
 
 The network works at native pixel spacing on any size that is a multiple of 4 (other sizes are
 reflect-padded and cropped back); train on crops, apply to whole slices. Never resample.
+
+Output formulations (``GeneratorSpec.output``):
+
+- ``"residual"`` (default since the quality fix): ``HU = P[style, label] + r - mean_seg(r)`` with
+  ``r = 100 HU * net(label, noise) + a[style, label] * (h_style * noise)``. ``P`` are the style slice's
+  per-segment mean HU (a fixed intensity prior), ``h_style`` a learned per-style k x k colouring filter of
+  the full-resolution unit white noise and ``a`` a learned per-(style, segment) amplitude: the physical
+  model of CT noise texture (a linear, shift-invariant filter of white quantum noise, NPS = |H(f)|^2 x
+  white; ICRU 87). Subtracting each segment's mean of ``r`` (over the slice or crop) makes every
+  segment's mean exactly the style slice's, whatever the losses do; the encoder-decoder is left with the
+  anatomy-dependent part (edges, blur). The filter and amplitudes are initialised from the style slice
+  (``init_texture``; :func:`styleseg.style.train.texture_init`) and refined by the VGG losses.
+- ``"tanh"`` (the first version; still loadable): ``HU = centre + half * tanh(z + prior)``.
 """
 
 from __future__ import annotations
@@ -50,12 +63,23 @@ class GeneratorSpec:
     image_input: bool = False
     hu_min: float = HU_MIN
     hu_max: float = HU_MAX
+    output: str = "residual"
+    noise_kernel: int = 11
+    content_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.output not in ("residual", "tanh"):
+            raise ValueError(f"output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
+            raise ValueError("noise_kernel must be a positive odd number")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GeneratorSpec:
+        d = dict(d)
+        d.setdefault("output", "tanh")  # folders written before the residual formulation existed
         return cls(**d)
 
 
@@ -116,15 +140,45 @@ class StyleGenerator(nn.Module):
         nn.init.zeros_(self.out.bias)
         # per-(style, segment) offset of the pre-tanh output: an intensity prior initialised from the style
         # slice's segment means (init_prior), so training starts at the right HU and learns texture
-        self.prior = nn.Parameter(torch.zeros(spec.n_styles, spec.num_classes))
         self.centre = (spec.hu_max + spec.hu_min) / 2.0
         self.half = (spec.hu_max - spec.hu_min) / 2.0
+        s, k, nk = spec.n_styles, spec.num_classes, spec.noise_kernel
+        if spec.output == "tanh":
+            self.prior = nn.Parameter(torch.zeros(s, k))
+        else:
+            # fixed per-(style, segment) mean HU; learned colouring filter (delta = white) and amplitudes
+            self.register_buffer("prior_hu", torch.zeros(s, k))
+            delta = torch.zeros(s, 1, nk, nk)
+            delta[:, 0, nk // 2, nk // 2] = 1.0
+            self.noise_filter = nn.Parameter(delta)
+            self.noise_amp = nn.Parameter(torch.full((s, k), 20.0))
 
     @torch.no_grad()
     def init_prior(self, means: torch.Tensor, present: torch.Tensor) -> None:
-        """Set the intensity prior from per-style segment means in HU (n_styles, K); absent segments get 0."""
+        """Set the intensity prior from per-style segment means in HU (n_styles, K); absent segments get 0
+        (residual) or the window centre (tanh)."""
+        if self.spec.output == "residual":
+            self.prior_hu.copy_(torch.where(present, means, torch.zeros_like(means)).to(self.prior_hu))
+            return
         y = ((means - self.centre) / self.half).clamp(-0.995, 0.995)
         self.prior.copy_(torch.where(present, torch.atanh(y), torch.zeros_like(y)).to(self.prior))
+
+    @torch.no_grad()
+    def init_texture(self, filters: torch.Tensor, amps: torch.Tensor) -> None:
+        """Set the colouring filters (n_styles, k, k) (unit-energy, see train.texture_init) and the noise
+        amplitudes in HU (n_styles, K) of a residual generator."""
+        if self.spec.output != "residual":
+            raise ValueError("only a residual generator has a noise colouring filter")
+        self.noise_filter.copy_(filters.reshape(self.noise_filter.shape).to(self.noise_filter))
+        self.noise_amp.copy_(amps.to(self.noise_amp))
+
+    def colour_noise(self, noise: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """Per-sample convolution of the white noise (B, 1, H, W) with its style's filter (grouped conv)."""
+        b, _, h, w = noise.shape
+        p = self.spec.noise_kernel // 2
+        x = F.pad(noise, (p, p, p, p), mode="reflect" if min(h, w) > p else "replicate")
+        return F.conv2d(x.reshape(1, b, h + 2 * p, w + 2 * p), self.noise_filter[style].to(x.dtype),
+                        groups=b).reshape(b, 1, h, w)
 
     def make_input(self, label: torch.Tensor, noise: torch.Tensor, source_hu: torch.Tensor | None) -> torch.Tensor:
         onehot = F.one_hot(label.long(), self.spec.num_classes).permute(0, 3, 1, 2).to(noise.dtype)
@@ -167,9 +221,18 @@ class StyleGenerator(nn.Module):
         x = self.dec[1](x, style)
         x = self.dec[2](torch.cat([x, noise.to(x.dtype)], dim=1), style)
         z = self.out(F.pad(x, (3, 3, 3, 3), mode="reflect"))
-        z = z + self.prior[style[:, None, None], label.long()][:, None]
-        hu = self.centre + self.half * torch.tanh(z)
-        return hu[:, :, :h, :w]
+        if self.spec.output == "tanh":
+            z = z + self.prior[style[:, None, None], label.long()][:, None]
+            hu = self.centre + self.half * torch.tanh(z)
+            return hu[:, :, :h, :w]
+        sl = (style[:, None, None], label.long())
+        r = self.spec.content_scale * z.float() + self.noise_amp[sl][:, None] * self.colour_noise(noise.float(), style)
+        r, lab_c = r[:, :, :h, :w], label[:, :h, :w].long()
+        m = F.one_hot(lab_c, self.spec.num_classes).permute(0, 3, 1, 2).to(r.dtype)  # (B, K, h, w)
+        seg_mean = (r * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)  # (B, K)
+        r = r - torch.gather(seg_mean, 1, lab_c.flatten(1)).reshape(r.shape)
+        hu = self.prior_hu[style[:, None, None], lab_c][:, None] + r
+        return hu.clamp(self.spec.hu_min, self.spec.hu_max)
 
 
 KIND = "generator"

@@ -9,6 +9,12 @@ the style); nothing is resampled.
 
 Beyond the paper, ``gamma`` weights a per-segment mean-HU term against the style slice's segment means
 (the VGG losses see the soft-tissue window only; lungs and bone lie outside it). It is logged separately.
+With the residual generator (the default, see :mod:`styleseg.style.generator`) the segment means are
+exact by construction and the term only reports them. The content target O is intensity-matched
+(``content_match_means``): each segment of O is shifted to the style slice's mean of that segment, so
+eq. (2) asks for the source's anatomy, not for its (other) contrast and brightness, and no longer pulls
+against the style's intensities. The generator's noise colouring filter and amplitudes start from the
+style slice's measured NPS (:func:`texture_init`, ``noise_init="nps"``) and are refined by eq. (1).
 
 Output folder::
 
@@ -63,6 +69,11 @@ class GeneratorConfig:
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
     style_weights: tuple[float, ...] = (1.0, 1.0)
     content_layers: tuple[str, ...] = ("relu2_1",)
+    output: str = "residual"
+    noise_kernel: int = 11
+    noise_init: str = "nps"
+    content_match_means: bool = True
+    train_texture: bool = False
     base: int = 16
     n_res: int = 3
     image_input: bool = False
@@ -84,6 +95,12 @@ class GeneratorConfig:
             raise ConfigError("[generators].crop must be a multiple of 4 and >= 16")
         if self.steps < 1 or self.batch < 1 or self.lr <= 0:
             raise ConfigError("[generators]: steps, batch and lr must be positive")
+        if self.output not in ("residual", "tanh"):
+            raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.noise_init not in ("nps", "white"):
+            raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
+        if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
+            raise ConfigError("[generators].noise_kernel must be a positive odd number")
 
     @classmethod
     def preset(cls, name: str) -> GeneratorConfig:
@@ -149,6 +166,62 @@ def compute_targets(vgg: VGG19Features, hu: list[np.ndarray], labels: list[np.nd
     return t, torch.cat(means)
 
 
+def _hp_noise_std(hu: np.ndarray, mask: np.ndarray) -> float:
+    """Robust noise estimate inside ``mask`` (eroded): 1.4826 MAD of ``hu - G_1px * hu``, in units where
+    unit white noise gives 1 (so it is the white-noise-equivalent std of the high-pass band)."""
+    from scipy import ndimage as ndi
+
+    m = ndi.binary_erosion(mask, iterations=2)
+    if m.sum() < 30:
+        return float("nan")
+    resid = hu - ndi.gaussian_filter(hu, 1.0)
+    v = resid[m]
+    white = 0.874  # 1.4826 MAD of (n - G_1px n) for unit white n (measured on 512^2 samples)
+    return float(1.4826 * np.median(np.abs(v - np.median(v))) / white)
+
+
+def texture_init(hu: np.ndarray, label: np.ndarray, num_classes: int, kernel: int = 11,
+                 mode: str = "nps") -> tuple[np.ndarray, np.ndarray]:
+    """Initial noise colouring filter (k, k; unit energy) and per-segment amplitudes (K,; HU) of a style slice.
+
+    ``mode="nps"``: |H(f)| = sqrt(NPS(f)) from the soft-tissue NPS of the slice (:func:`styleseg.sim.nps.
+    slice_nps`, per pixel), zero phase, cropped to k x k and normalised; the soft-tissue amplitude is the
+    NPS's noise std. Other segments scale it by their robust high-pass noise relative to soft tissue
+    (clipped to [0.3, 3]). ``mode="white"``, or a slice without a usable soft-tissue ROI: a delta filter
+    (white noise) with the robust high-pass estimate as amplitude."""
+    from styleseg.sim.nps import resample_radial, slice_nps
+
+    hu = np.asarray(hu, np.float64)
+    label = np.asarray(label)
+    ref = _hp_noise_std(hu, np.isin(label, (3, 6)))
+    if not np.isfinite(ref):
+        ref = _hp_noise_std(hu, label > 0)
+    ref = 10.0 if not np.isfinite(ref) else max(ref, 1.0)
+    filt = np.zeros((kernel, kernel))
+    filt[kernel // 2, kernel // 2] = 1.0
+    soft = ref
+    if mode == "nps":
+        try:
+            r = slice_nps(hu, 1.0, label > 0)
+            n = 64
+            f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij"))
+            mag = np.sqrt(np.maximum(resample_radial(r, np.minimum(f, r.freq[-1])), 0.0))
+            mag[0, 0] = 0.0
+            h = np.fft.fftshift(np.real(np.fft.ifft2(mag)))
+            c, k2 = n // 2, kernel // 2
+            filt = h[c - k2:c + k2 + 1, c - k2:c + k2 + 1]
+            filt = filt / max(float(np.sqrt((filt**2).sum())), 1e-12)
+            soft = float(r.std)
+        except ValueError:
+            log.info("no soft-tissue NPS in the style slice; white-noise initialisation")
+    amps = np.full(num_classes, soft, np.float32)
+    for k in range(num_classes):
+        e = _hp_noise_std(hu, label == k)
+        if np.isfinite(e):
+            amps[k] = soft * float(np.clip(e / ref, 0.3, 3.0))
+    return filt.astype(np.float32), amps
+
+
 def sample_batch(src: _Source, crop: int, batch: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic batch of crops for (seed, step): resuming reproduces the same batches."""
     from styleseg.data.slices import random_crop_indices
@@ -169,7 +242,8 @@ def sample_batch(src: _Source, crop: int, batch: int, seed: int, step: int) -> t
 
 def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Tensor, style_records: list[dict],
              vgg: VGG19Features, cfg: GeneratorConfig, num_classes: int, schema, steps: int,
-             device: torch.device, resume: bool, progress: bool, extra_json: dict[str, Any]) -> Path:
+             device: torch.device, resume: bool, progress: bool, extra_json: dict[str, Any],
+             texture: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
     from styleseg.runs import append_jsonl, load_checkpoint, save_checkpoint, seed_everything
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,12 +256,18 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
             return folder
     n_styles = len(style_records) if cfg.conditional else 1
     spec = GeneratorSpec(num_classes=num_classes, base=cfg.base, n_res=cfg.n_res, n_styles=n_styles,
-                         conditional=cfg.conditional, image_input=cfg.image_input)
+                         conditional=cfg.conditional, image_input=cfg.image_input, output=cfg.output,
+                         noise_kernel=cfg.noise_kernel)
     seed_everything(cfg.seed)
     model = StyleGenerator(spec)
     model.init_prior(means.cpu(), targets.present.cpu())
+    if texture is not None and cfg.output == "residual":
+        model.init_texture(*texture)
+    if cfg.output == "residual" and not cfg.train_texture:  # keep the measured NPS texture (see docs/style.md)
+        model.noise_filter.requires_grad_(False)
+        model.noise_amp.requires_grad_(False)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 0.1)
     start = 0
     ckpt = folder / "checkpoint.pt"
@@ -219,15 +299,20 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
         style = (torch.randint(0, n_styles, (lab.shape[0],), generator=g) if n_styles > 1
                  else torch.zeros(lab.shape[0], dtype=torch.long)).to(device)
         masks = segment_masks(lab, num_classes)
+        o_in = o
+        tsel = targets.select(style) if n_styles > 1 else targets
+        msel = means[style] if n_styles > 1 else means
+        if cfg.content_match_means:  # content = the source's anatomy at the style's segment intensities
+            area = masks.flatten(2).sum(2).clamp_min(1.0)
+            shift = torch.where(tsel.present, msel - (o * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
+            o = o + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
         with amp:
-            r = model(lab, style, noise, o if cfg.image_input else None)
+            r = model(lab, style, noise, o_in if cfg.image_input else None)
             fr = vgg(ct_to_vgg_input(r.float()))
             with torch.no_grad():
                 fo = vgg(ct_to_vgg_input(o))
         fr = {k: v.float() for k, v in fr.items()}
         fo = {k: v.float() for k, v in fo.items()}
-        tsel = targets.select(style) if n_styles > 1 else targets
-        msel = means[style] if n_styles > 1 else means
         lc = segment_content_loss(fr, fo, masks, cfg.content_layers)
         ls = segment_style_loss(fr, masks, tsel, cfg.style_layers, cfg.style_weights)
         lm = segment_mean_loss(r.float(), masks, msel, tsel.present)
@@ -306,8 +391,6 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
                      resume: bool = False, progress: bool = True) -> list[Path]:
     """Train one generator per style slice (or one conditional generator for all) and return the model
     folders. See the module docstring for the folder layout."""
-    from styleseg.runs import choose_device
-
     cfg = cfg or GeneratorConfig.preset("quick")
     source, styles, out = Path(source), Path(styles), Path(out)
     ds, src = load_source(source)
@@ -315,31 +398,51 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
     if ss.schema.to_labels_dict() != ds.schema.to_labels_dict():
         raise InputError(styles / "styles.json", f"label schema {ss.schema.to_labels_dict()} differs from the "
                          f"source dataset's {ds.schema.to_labels_dict()}", "use style label maps in the source schema")
+    records = [{"index": s.index, "case_id": s.case_id, "slice": s.slice, "tags": s.tags} for s in ss.styles]
+    extra = {"source": str(source.resolve()), "styles_folder": str(styles.resolve()),
+             "source_slices": int(len(src.images))}
+    folders = fit_generators(src.images, src.labels, [s.hu for s in ss.styles], [s.label_map for s in ss.styles],
+                             records, out, cfg, ds.schema, extra, resume, progress)
+    log.info("trained %d generator(s) into %s", len(folders), out)
+    return folders
+
+
+def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.ndarray], style_labels: list[np.ndarray],
+                   records: list[dict[str, Any]], out: str | Path, cfg: GeneratorConfig, schema,
+                   extra: dict[str, Any] | None = None, resume: bool = False, progress: bool = True) -> list[Path]:
+    """The training core of :func:`train_generators` on in-memory arrays: source slices ``images`` (N, H, W) HU
+    and ``labels`` (N, H, W), style slices and their label maps, one record per style (``index``, ...)."""
+    from styleseg.runs import choose_device
+
+    out = Path(out)
+    src = _Source(np.asarray(images), np.asarray(labels))
+    extra = dict(extra or {})
     device = choose_device(cfg.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    num_classes = ds.schema.num_classes
+    num_classes = schema.num_classes
     vgg = VGG19Features(cfg.vgg_weights or None, layers=tuple(dict.fromkeys((*cfg.style_layers,
                                                                               *cfg.content_layers)))).to(device)
-    targets, means = compute_targets(vgg, [s.hu for s in ss.styles], [s.label_map for s in ss.styles], num_classes,
+    targets, means = compute_targets(vgg, style_hu, style_labels, num_classes,
                                      cfg.style_layers, device)
     steps = cfg.steps
     if cfg.epochs > 0:
         steps = max(1, int(round(cfg.epochs * len(src.images) / cfg.batch)))
-    records = [{"index": s.index, "case_id": s.case_id, "slice": s.slice, "tags": s.tags} for s in ss.styles]
-    extra = {"source": str(source.resolve()), "styles_folder": str(styles.resolve()),
-             "source_slices": int(len(src.images))}
+    tex = [texture_init(h, lab, num_classes, cfg.noise_kernel, cfg.noise_init)
+           for h, lab in zip(style_hu, style_labels, strict=True)]
+    filters = torch.from_numpy(np.stack([t[0] for t in tex]))
+    amps = torch.from_numpy(np.stack([t[1] for t in tex]))
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     if cfg.conditional:
         csteps = cfg.conditional_steps or 2 * steps
-        folders.append(_fit_one(out / "conditional", src, targets, means, records, vgg, cfg, num_classes, ds.schema,
-                                csteps, device, resume, progress, extra))
+        folders.append(_fit_one(out / "conditional", src, targets, means, records, vgg, cfg, num_classes, schema,
+                                csteps, device, resume, progress, extra, (filters, amps)))
     else:
         for k, rec in enumerate(records):
             t = StyleTargets({n: g[k:k + 1] for n, g in targets.grams.items()}, targets.present[k:k + 1])
             folders.append(_fit_one(out / f"style_{rec['index']:02d}", src, t, means[k:k + 1], [rec], vgg, cfg,
-                                    num_classes, ds.schema, steps, device, resume, progress, extra))
-    log.info("trained %d generator(s) into %s", len(folders), out)
+                                    num_classes, schema, steps, device, resume, progress, extra,
+                                    (filters[k:k + 1], amps[k:k + 1])))
     return folders
 
 
