@@ -19,7 +19,7 @@ from styleseg.seg.unet import UNet, UNetSpec, pad_multiple, unpad
 
 
 def _ct(seed: int = 0, n: int = 5, spacing: float = 1.0, direction=None) -> Volume:
-    from conftest import toy_case
+    from seg_builders import toy_case
 
     vol, _ = toy_case(np.random.default_rng(seed), n=n, size=30)  # 30: not a multiple of 4 (padding path)
     return Volume(vol, (spacing, spacing, 3.0), (-12.0, 7.0, 40.0),

@@ -89,7 +89,7 @@ def test_case_without_heart_does_not_lower_heart(tmp_path):
     """Two toy models on the same data in which 1 of 2 cases did not annotate the heart: with the
     marginal loss the heart is still predicted on a case with a heart; when the unannotated hearts
     are taught as body (naive loss), heart predictions are suppressed."""
-    from conftest import toy_case, write_toy_dataset
+    from seg_builders import toy_case, write_toy_dataset
 
     from styleseg.seg.predict import Predictor
 
