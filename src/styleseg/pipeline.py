@@ -194,7 +194,7 @@ def demo_config(preset: str = "quick", arms: tuple[str, ...] | None = None) -> E
 
 #: demo sizes for the quick preset (2 CPU cores, <= 15 minutes for the whole experiment)
 DEMO_GENERATORS: dict[str, Any] = {"steps": 60}
-DEMO_TRAIN_SEG: dict[str, Any] = {"epochs": 4, "steps_per_epoch": 25, "crop": 128, "batch_size": 8}
+DEMO_TRAIN_SEG: dict[str, Any] = {"epochs": 6, "steps_per_epoch": 25, "crop": 192, "batch_size": 8, "amp": "bf16"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,9 +10,12 @@ from styleseg.cli import handle_errors
 
 
 def _console():
+    import shutil
+
     from rich.console import Console
 
-    return Console()
+    # wide enough for the results table also when the output goes to a log file
+    return Console(width=max(120, shutil.get_terminal_size((120, 40)).columns))
 
 
 def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
@@ -21,7 +24,7 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
     from rich.table import Table
 
     from styleseg.config import dump_toml
-    from styleseg.pipeline import ARM_TITLES, results_table, run_experiment
+    from styleseg.pipeline import results_table, run_experiment
 
     con = _console()
     if dry_run:
@@ -41,13 +44,13 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
     rows = results_table(run_dir)
     if rows:
         structures = [k for k in rows[0] if k not in ("arm", "pixel_acc")]
-        tab = Table(title="Target test set: mean Dice per structure (pixel accuracy last)")
-        tab.add_column("arm")
+        tab = Table(title="Target test set: mean Dice per structure (pixel accuracy over all voxels last)")
+        tab.add_column("arm", no_wrap=True)
         for s in structures:
             tab.add_column(s, justify="right")
         tab.add_column("pixel acc", justify="right")
         for r in rows:
-            tab.add_row(ARM_TITLES.get(r["arm"], r["arm"]),
+            tab.add_row(r["arm"],
                         *[f"{r[s]:.3f}" if s in r else "-" for s in structures],
                         f"{r['pixel_acc']:.4f}" if "pixel_acc" in r else "-")
         con.print(tab)
@@ -63,7 +66,7 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
             for s in structures:
                 tab.add_column(s, justify="right")
             for arm, d in res.items():
-                tab.add_row(ARM_TITLES.get(arm, arm), *[f"{d[s]:.3f}" for s in structures])
+                tab.add_row(arm, *[f"{d[s]:.3f}" for s in structures])
             con.print(tab)
     for arm, why in summary["skipped_arms"].items():
         con.print(f"[yellow]arm {arm} skipped:[/] {why}")

@@ -240,7 +240,7 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
             else:
                 rep.slices += _segment_dicom(pred, path, dest, chunk_slices, dicom_seg)
             rep.done.append(cid)
-            log.info("segmented %s -> %s", cid, dest)
+            log.debug("segmented %s -> %s", cid, dest)
         except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
             rep.failed[cid] = str(e)
             log.error("skipped %s: %s", cid, e)
