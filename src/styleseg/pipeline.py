@@ -553,9 +553,14 @@ class Experiment:
             inputs = test
             if arm == "denoise":
                 inputs = self._denoised_test()
-            segment([inputs], model, pred, continue_=True)
+            segment([inputs], model, pred, continue_=True, **self._predict_options())
         self._stage(f"predict_{arm}", {"arm": arm}, upstream, [pred], build)
         return pred
+
+    def _predict_options(self) -> dict[str, Any]:
+        """bf16 + channels-last inference (oneDNN/AMX on CPU, tensor cores on GPU) for bf16-trained models."""
+        bf16 = self.cfg.seg_config().amp == "bf16"
+        return {"dtype": "bfloat16" if bf16 else "float32", "channels_last": bf16}
 
     def _denoiser(self):
         """Denoiser tuned on style-pool slices to bring them to the source's soft-tissue noise level."""
@@ -614,7 +619,7 @@ class Experiment:
                 model = self.run / "arms" / ("baseline" if arm == "denoise" else arm) / "model"
                 if not (model / "model.json").exists():
                     continue
-                pred = Predictor(model)
+                pred = Predictor(model, **self._predict_options())
                 den = self._denoiser() if arm == "denoise" else None
                 per_pair = []
                 for a, b in pairs:
