@@ -24,6 +24,7 @@ arms = {arms}
 [data]
 benchmark = true
 style_pool_fraction = 0.34
+agreement_pairs = [["pair_a.nii.gz", "pair_b.nii.gz"]]
 
 [benchmark]
 n_source = 3
@@ -58,6 +59,16 @@ val_fraction = 0.0
 
 
 def _toml(tmp: Path, arms: tuple[str, ...]) -> Path:
+    """The toy experiment, plus a same-scan pair (one phantom, two noise levels) for the agreement stage."""
+    import numpy as np
+
+    from styleseg.io.volume import write_nifti
+    from styleseg.sim.phantom import PhantomConfig, make_phantom
+
+    img, _ = make_phantom(1, PhantomConfig(size=192, n_slices=2))
+    rng = np.random.default_rng(0)
+    for name, sd in (("pair_a.nii.gz", 20.0), ("pair_b.nii.gz", 80.0)):
+        write_nifti(img.with_array((img.array + rng.normal(0, sd, img.shape)).astype(np.int16)), tmp / name)
     p = tmp / "toy.toml"
     p.write_text(TOY.format(arms=json.dumps(list(arms))))
     return p
@@ -88,6 +99,9 @@ def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
     for arm in ALL_ARMS:
         assert arm in html
     assert (run / "figures" / "style_grid.png").exists()
+    agree = json.loads((run / "agreement.json").read_text())["arms"]
+    assert set(agree) == set(ALL_ARMS)  # every arm (denoise with the baseline model)
+    assert all(0.0 <= v <= 1.0 for d in agree.values() for v in d.values())
     # a second run does nothing
     again = run_experiment(cfg, run)
     assert again["all_skipped"]
