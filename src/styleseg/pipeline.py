@@ -277,10 +277,14 @@ class Experiment:
         self.stages = StageRunner(self.run, on_event)
         self.d = self.run / "data"
         self.hashes: dict[str, str] = {}
+        self.fresh = False
         self.t0 = time.time()
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any]) -> None:
+        # a finished marker with another hash means the config or an upstream stage changed: training
+        # stages then start over instead of resuming (a missing marker means interrupted: resume)
+        self.fresh = self.stages.marker(name).exists()
         res = self.stages.run(name, cfg, [self.hashes[u] for u in upstream], outputs, fn)
         self.hashes[name] = res.hash
         self._write_run_json()
@@ -420,8 +424,12 @@ class Experiment:
         gcfg = self.cfg.generator_config(conditional=conditional)
 
         def build() -> None:
+            import shutil
+
             from styleseg.style.train import train_generators
 
+            if self.fresh and out.exists():
+                shutil.rmtree(out)
             train_generators(self.d / "source", self.run / "styles", out, gcfg, resume=True)
         self._stage(name, to_dict(gcfg), ["data", "styles"], [out], build)
         return out
@@ -536,8 +544,12 @@ class Experiment:
         scfg = self.cfg.seg_config(downsample=4) if arm == "lowres" else self.cfg.seg_config()
 
         def build() -> None:
+            import shutil
+
             from styleseg.seg.train import train_segmentation
 
+            if self.fresh and out.exists():
+                shutil.rmtree(out)
             train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(),
                                extra_transform=self.arm_transform(arm))
         self._stage(f"train_{arm}", {"seg": to_dict(scfg), "arm": arm}, upstream, [out / "model.json"], build)

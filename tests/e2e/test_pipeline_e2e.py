@@ -105,11 +105,18 @@ def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
     # a second run does nothing
     again = run_experiment(cfg, run)
     assert again["all_skipped"]
-    # a changed segmentation setting re-runs training onwards, but not the data or generators
-    cfg2 = load_experiment(_toml(tmp_path, ("baseline", "lowres")))
-    s3 = run_experiment(cfg2, run)
+    # fewer arms: nothing is retrained, only the report is redone
+    s3 = run_experiment(load_experiment(_toml(tmp_path, ("baseline", "lowres"))), run)
     ran = {name for name, t in s3["timings"].items() if not t["skipped"]}
     assert "data" not in ran and "train_baseline" not in ran and "report" in ran
+    # a changed segmentation setting retrains from scratch (no resume of the old checkpoint), not the data
+    p = _toml(tmp_path, ("baseline", "lowres"))
+    p.write_text(p.read_text().replace("steps_per_epoch = 2", "steps_per_epoch = 3"))
+    s4 = run_experiment(load_experiment(p), run)
+    ran = {name for name, t in s4["timings"].items() if not t["skipped"]}
+    assert {"train_baseline", "train_lowres", "evaluate_baseline"} <= ran and "data" not in ran
+    log = (run / "arms" / "baseline" / "model" / "train_log.jsonl").read_text().strip().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["step"] == 3  # a fresh run of 1 epoch x 3 steps
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
