@@ -71,6 +71,7 @@ def main() -> None:
                     help="torch threads; on a shared 2-core machine 1 thread was 5x faster per step than 2")
     ap.add_argument("--smoke", action="store_true", help="a 2-step run to check the script")
     ap.add_argument("--amp", choices=("none", "bf16"), default=None, help="override the preset's amp")
+    ap.add_argument("--crop", type=int, default=None, help="override the preset's crop size (px, native spacing)")
     ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
     args = ap.parse_args()
@@ -91,6 +92,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, steps_per_epoch=args.steps)
     if args.amp:
         cfg = dataclasses.replace(cfg, amp=args.amp)
+    if args.crop:
+        cfg = dataclasses.replace(cfg, crop=args.crop)
     train_ds = import_nsclc(args.work / "train_ds", TRAIN)
     test_ds = import_nsclc(args.work / "test_ds", TEST)
     model = args.work / f"model_{'smoke' if args.smoke else args.tag}"

@@ -334,7 +334,9 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
 
     spec = UNetSpec(in_channels=len(cfg.windows), num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
-    model = UNet(spec).to(device)
+    # channels-last: the layout oneDNN (CPU, incl. AMX bf16) and cuDNN convolve fastest (a step of the
+    # quick preset at crop 192 in bf16 on one CPU thread: 0.45 s -> 0.36 s)
+    model = UNet(spec).to(device, memory_format=torch.channels_last)
     if cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
@@ -396,7 +398,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                 if not cfg.marginal_loss:
                     ann = torch.ones_like(ann)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = net(window_channels(x, cfg.windows))
+                    logits = net(window_channels(x, cfg.windows).contiguous(memory_format=torch.channels_last))
                 loss = marginal_dice_ce(logits, y, ann, catch_all, cfg.dice_weight, cfg.ce_weight)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
