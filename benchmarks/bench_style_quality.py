@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--noise-init", default=None, choices=["nps", "white"])
     ap.add_argument("--train-texture", action="store_true", help="let eq. (1) train the noise filter too")
     ap.add_argument("--output", default=None, choices=["residual", "tanh"])
+    ap.add_argument("--nps-weight", type=float, default=None, help="weight of the NPS texture term (default: preset)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--styles", type=int, default=4)
     ap.add_argument("--device", default="cpu")
@@ -210,6 +212,8 @@ def main() -> None:
     ap.add_argument("--figure", type=Path, default=None)
     a = ap.parse_args()
     torch.manual_seed(0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.from_npz:
         d = dict(np.load(a.from_npz))
@@ -222,7 +226,7 @@ def main() -> None:
             return
     cfg = replace(GeneratorConfig.preset(a.preset), device=a.device)
     changes = {"steps": a.steps, "crop": a.crop, "batch": a.batch, "noise_init": a.noise_init, "output": a.output,
-               "conditional_steps": a.cond_steps or None,
+               "conditional_steps": a.cond_steps or None, "nps_weight": a.nps_weight,
                "vgg_weights": a.vgg_weights or None}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
                   **({"train_texture": True} if a.train_texture else {}))
@@ -243,7 +247,8 @@ def main() -> None:
     rows, generated = measure(sep + cond, d, a.device)
     csteps = cfg.conditional_steps or 2 * cfg.steps
     print(f"config: preset {a.preset}, crop {cfg.crop}, batch {cfg.batch}, steps {cfg.steps} (conditional {csteps}), "
-          f"noise_init {cfg.noise_init}, train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
+          f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, "
+          f"train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
           f"bf16 {cfg.bf16}")
     print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {cfg.steps} steps), "
           f"conditional {t_cond:.0f} s ({csteps} steps)")

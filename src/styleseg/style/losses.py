@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -152,3 +153,124 @@ def segment_mean_loss(hu_gen: torch.Tensor, masks_gen: torch.Tensor, target_mean
     mean = (hu_gen * m).flatten(2).sum(dim=2) / area.clamp_min(eps)
     use = ((area > eps) & target_present.expand(b, -1)).to(hu_gen.dtype)
     return ((((mean - target_means.expand(b, -1)) / scale) ** 2) * use).sum(dim=1).mean()
+
+
+# --- beyond the paper: a noise-power-spectrum (NPS) texture term ------------------------------------------
+#
+# Eq. (1) compares VGG Gram statistics of whole segments, which mix the style slice's noise with its within-
+# segment anatomy (bone, fat, vessels inside "body"); a generator that sees only label maps can meet that
+# only with extra noise-like structure, and in our measurements the texture drifted *away* from the style
+# (docs/results-style.md). The NPS term anchors the CT-physics definition of texture directly: the radial
+# NPS of the generated slice in soft tissue against the style slice's, in log10 (decades), with the same
+# estimator as the texture metric (``sim.nps.slice_nps``: high-pass residual, sigma 3 px; mean-detrended
+# square ROIs; radial average; frequencies where the high-pass gain is < 0.5 excluded).
+
+NPS_SIGMA_PX = 3.0
+
+
+def _gauss_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    r = int(round(4 * sigma))
+    x = torch.arange(-r, r + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def highpass(x: torch.Tensor, sigma: float = NPS_SIGMA_PX) -> torch.Tensor:
+    """``x - G_sigma * x`` for (B, 1, H, W): separable Gaussian truncated at 4 sigma (as ``scipy.ndimage.
+    gaussian_filter``), reflect padding (scipy reflects about the edge, torch about the edge pixel: the two
+    differ only within 4 sigma of the image border)."""
+    k = _gauss_kernel(sigma, x.device, x.dtype)
+    r = (k.numel() - 1) // 2
+    y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return x - y
+
+
+def radial_bins(n: int, sigma: float = NPS_SIGMA_PX, min_gain: float = 0.5,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Radial averaging matrix (n*n, nb) for an n x n power spectrum (annuli of width 1/n cycles/px, up to
+    Nyquist, as ``sim.nps.radial_nps``) and the mask (nb,) of bins where the high-pass gain
+    ``(1 - exp(-2 (pi sigma f)^2))^2`` is >= ``min_gain`` (the bins the texture metric trusts)."""
+    f = torch.fft.fftfreq(n, dtype=torch.float64)
+    fr = torch.hypot(f[:, None], f[None, :]).reshape(-1)
+    idx = torch.round(fr * n).long()
+    nb = n // 2 + 1
+    sel = idx < nb
+    m = torch.zeros(n * n, nb, dtype=torch.float64)
+    m[torch.nonzero(sel)[:, 0], idx[sel]] = 1.0
+    m = m / m.sum(0, keepdim=True).clamp_min(1.0)
+    freq = torch.arange(nb, dtype=torch.float64) / n
+    gain = (1 - torch.exp(-2 * (torch.pi * sigma * freq) ** 2)) ** 2
+    valid = gain >= min_gain
+    valid[0] = False
+    return m.float().to(device), valid.to(device)
+
+
+def roi_radial_power(rois: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Mean radial power spectrum (nb,) of high-pass ROIs (N, n, n): mean-detrended, ``|DFT|^2 / n^2``
+    (HU^2 per unit frequency area at 1 px spacing), radially averaged with ``bins`` from :func:`radial_bins`."""
+    n = rois.shape[-1]
+    r = rois - rois.mean(dim=(-2, -1), keepdim=True)
+    ps = torch.fft.fft2(r.float()).abs() ** 2 / float(n * n)
+    return (ps.reshape(ps.shape[0], -1) @ bins).mean(0)
+
+
+def soft_tissue_windows(label: torch.Tensor, classes: Sequence[int], roi: int, erode: int = 3) -> torch.Tensor:
+    """(B, H-roi+1, W-roi+1) bool: ROI corners whose roi x roi window lies entirely inside ONE of the
+    segments ``classes`` eroded by ``erode`` px (so the high-pass of a neighbouring segment's edge stays out)."""
+    ok = None
+    for c in classes:
+        m = (label == c).float()[:, None]
+        if erode:
+            m = 1.0 - F.max_pool2d(1.0 - m, 2 * erode + 1, stride=1, padding=erode)
+        inside = F.avg_pool2d(m, roi, stride=1) > 0.999
+        ok = inside if ok is None else ok | inside
+    if ok is None:
+        return torch.zeros(label.shape[0], label.shape[1] - roi + 1, label.shape[2] - roi + 1, dtype=torch.bool,
+                           device=label.device)
+    return ok[:, 0]
+
+
+def nps_texture_loss(hu_gen: torch.Tensor, label: torch.Tensor, target_log_nps: torch.Tensor, classes: Sequence[int],
+                     bins: torch.Tensor, valid: torch.Tensor, roi: int = 24, rois_per_image: int = 4,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Squared log10 distance (decades^2, averaged over the trusted bins) between the radial NPS of the
+    generated slices' soft tissue and the style's (``target_log_nps``: (nb,) or (B, nb) per element).
+
+    The generated slice's segment means are subtracted before the high-pass (they are exactly the style's
+    means by construction, and their steps at segment edges are not texture); up to ``rois_per_image``
+    random ROIs per slice inside one soft-tissue segment (``classes``, eroded 3 px). Slices with no such
+    window contribute nothing (0 when none has one)."""
+    b = hu_gen.shape[0]
+    k = int(label.max().item()) + 1
+    m = F.one_hot(label.long(), k).permute(0, 3, 1, 2).to(hu_gen.dtype)
+    seg_mean = (hu_gen * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
+    flat = hu_gen - torch.gather(seg_mean, 1, label.long().flatten(1)).reshape(hu_gen.shape)
+    resid = highpass(flat.float())[:, 0]
+    windows = soft_tissue_windows(label, classes, roi)
+    tgt = target_log_nps.expand(b, -1) if target_log_nps.ndim == 1 else target_log_nps
+    losses = []
+    for i in range(b):
+        ys, xs = torch.nonzero(windows[i], as_tuple=True)
+        if len(ys) == 0:
+            continue
+        pick = torch.randperm(len(ys), generator=generator)[:rois_per_image].to(ys.device)
+        rois = torch.stack([resid[i, y:y + roi, x:x + roi] for y, x in zip(ys[pick].tolist(), xs[pick].tolist(),
+                                                                             strict=True)])
+        logp = torch.log10(roi_radial_power(rois, bins) + 1e-6)
+        losses.append(((logp - tgt[i]) ** 2)[valid].mean())
+    if not losses:
+        return hu_gen.new_zeros(())
+    return torch.stack(losses).mean()
+
+
+def style_log_nps(hu: np.ndarray, label: np.ndarray, bins: torch.Tensor, roi: int = 24) -> torch.Tensor | None:
+    """The target of :func:`nps_texture_loss` for one style slice: log10 radial power of the high-pass
+    residual in its near-uniform soft-tissue ROIs (``sim.nps.soft_tissue_rois``, the texture metric's ROI
+    choice), or None when the slice has none."""
+    from styleseg.sim.nps import soft_tissue_rois
+
+    rois = soft_tissue_rois(np.asarray(hu, np.float64), np.asarray(label) > 0, roi=roi)
+    if not rois:
+        return None
+    return torch.log10(roi_radial_power(torch.from_numpy(np.stack(rois)).float(), bins.cpu()) + 1e-6)

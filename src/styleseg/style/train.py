@@ -40,15 +40,56 @@ from styleseg.errors import ConfigError, InputError
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, save_generator
 from styleseg.style.losses import (
     StyleTargets,
+    nps_texture_loss,
+    radial_bins,
     segment_content_loss,
     segment_masks,
     segment_mean_loss,
     segment_style_loss,
+    style_log_nps,
     style_targets,
 )
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
 
 log = logging.getLogger("styleseg.style.train")
+
+NPS_SOFT_TISSUE = ("heart", "body")  # segments whose texture the NPS term compares
+
+
+@dataclass
+class NpsTargets:
+    """Per-style log10 radial NPS targets (S, nb), which styles have one (S,), and the estimator's bins."""
+
+    log_nps: torch.Tensor
+    has: torch.Tensor
+    bins: torch.Tensor
+    valid: torch.Tensor
+    classes: tuple[int, ...]
+    roi: int
+
+    def take(self, k: int) -> NpsTargets:
+        return NpsTargets(self.log_nps[k:k + 1], self.has[k:k + 1], self.bins, self.valid, self.classes, self.roi)
+
+
+def nps_targets(style_hu: list[np.ndarray], style_labels: list[np.ndarray], schema, roi: int,
+                device: torch.device) -> NpsTargets:
+    """The NPS term's targets for every style slice. Like the texture metric (``sim.nps.slice_nps``), a
+    slice whose flat soft tissue holds no ``roi``-px ROI is measured with smaller ones: the largest of
+    roi, 2/3 roi, 1/2 roi that every style allows is used (a style with none at all gets no NPS term)."""
+    logs: list[torch.Tensor | None] = []
+    for size in (roi, max(8, roi * 2 // 3), max(8, roi // 2)):
+        bins, valid = radial_bins(size)
+        logs = [style_log_nps(h, lab, bins, size) for h, lab in zip(style_hu, style_labels, strict=True)]
+        if all(lg is not None for lg in logs):
+            break
+    for i, lg in enumerate(logs):
+        if lg is None:
+            log.warning("style %d: no near-uniform soft-tissue ROI; its NPS texture term is off", i)
+    has = torch.tensor([lg is not None for lg in logs])
+    tgt = torch.stack([lg if lg is not None else torch.zeros(bins.shape[1]) for lg in logs])
+    classes = tuple(schema.value(n) for n in NPS_SOFT_TISSUE if n in schema.names)
+    log.info("NPS texture term: %d-px ROIs, %d of %d styles", size, int(has.sum()), len(logs))
+    return NpsTargets(tgt.to(device), has.to(device), bins.to(device), valid.to(device), classes, size)
 
 
 @dataclass(frozen=True)
@@ -66,6 +107,8 @@ class GeneratorConfig:
     alpha: float = 1.0
     beta: float = 10.0
     gamma: float = 10.0
+    nps_weight: float = 0.0  # beyond the paper: the NPS texture term (losses.nps_texture_loss), decades^2
+    nps_roi: int = 24
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
     style_weights: tuple[float, ...] = (1.0, 1.0)
     content_layers: tuple[str, ...] = ("relu2_1",)
@@ -99,6 +142,9 @@ class GeneratorConfig:
             raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
         if self.noise_init not in ("nps", "white"):
             raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
+        if self.nps_weight < 0 or not 8 <= self.nps_roi <= self.crop - 6:
+            raise ConfigError(f"[generators]: nps_weight must be >= 0 and nps_roi in [8, crop - 6] (crop {self.crop}), "
+                              f"got {self.nps_weight}, {self.nps_roi}")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
             raise ConfigError("[generators].noise_kernel must be a positive odd number")
 
@@ -243,7 +289,7 @@ def sample_batch(src: _Source, crop: int, batch: int, seed: int, step: int) -> t
 def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Tensor, style_records: list[dict],
              vgg: VGG19Features, cfg: GeneratorConfig, num_classes: int, schema, steps: int,
              device: torch.device, resume: bool, progress: bool, extra_json: dict[str, Any],
-             texture: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+             texture: tuple[torch.Tensor, torch.Tensor] | None = None, nps: NpsTargets | None = None) -> Path:
     from styleseg.runs import append_jsonl, load_checkpoint, save_checkpoint, seed_everything
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -317,6 +363,13 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
         ls = segment_style_loss(fr, masks, tsel, cfg.style_layers, cfg.style_weights)
         lm = segment_mean_loss(r.float(), masks, msel, tsel.present)
         loss = cfg.alpha * lc + cfg.beta * ls + cfg.gamma * lm
+        ln = torch.zeros((), device=device)
+        if nps is not None and cfg.nps_weight > 0:
+            use = nps.has[style]
+            if bool(use.any()):
+                ln = nps_texture_loss(r[use].float(), lab[use], nps.log_nps[style[use]], nps.classes, nps.bins,
+                                      nps.valid, nps.roi, 4, g)
+                loss = loss + cfg.nps_weight * ln
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -325,7 +378,7 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
         done = step + 1
         if done % cfg.log_every == 0 or done == steps:
             append_jsonl(logf, {"step": done, "loss": loss.item(), "content": lc.item(), "style": ls.item(),
-                                "mean_hu": lm.item(), "lr": sched.get_last_lr()[0],
+                                "mean_hu": lm.item(), "nps": ln.item(), "lr": sched.get_last_lr()[0],
                                 "seconds": round(time.perf_counter() - t0, 2)})
         if done % cfg.checkpoint_every == 0 or done == steps:
             save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -372,8 +425,9 @@ def plot_losses(log_path: Path, out: Path) -> Path:
     rows = [json.loads(x) for x in Path(log_path).read_text().splitlines() if x.strip()]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     steps = [r["step"] for r in rows]
-    for key in ("content", "style", "mean_hu", "loss"):
-        ax.plot(steps, [max(r[key], 1e-12) for r in rows], label=key)
+    for key in ("content", "style", "mean_hu", "nps", "loss"):
+        if any(key in r for r in rows) and any(r.get(key, 0) > 0 for r in rows):
+            ax.plot(steps, [max(r.get(key, 0.0), 1e-12) for r in rows], label=key)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(Path(log_path).parent.name)
@@ -431,18 +485,19 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
            for h, lab in zip(style_hu, style_labels, strict=True)]
     filters = torch.from_numpy(np.stack([t[0] for t in tex]))
     amps = torch.from_numpy(np.stack([t[1] for t in tex]))
+    nps = nps_targets(style_hu, style_labels, schema, cfg.nps_roi, device) if cfg.nps_weight > 0 else None
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     if cfg.conditional:
         csteps = cfg.conditional_steps or 2 * steps
         folders.append(_fit_one(out / "conditional", src, targets, means, records, vgg, cfg, num_classes, schema,
-                                csteps, device, resume, progress, extra, (filters, amps)))
+                                csteps, device, resume, progress, extra, (filters, amps), nps))
     else:
         for k, rec in enumerate(records):
             t = StyleTargets({n: g[k:k + 1] for n, g in targets.grams.items()}, targets.present[k:k + 1])
             folders.append(_fit_one(out / f"style_{rec['index']:02d}", src, t, means[k:k + 1], [rec], vgg, cfg,
                                     num_classes, schema, steps, device, resume, progress, extra,
-                                    (filters[k:k + 1], amps[k:k + 1])))
+                                    (filters[k:k + 1], amps[k:k + 1]), nps.take(k) if nps is not None else None))
     return folders
 
 
