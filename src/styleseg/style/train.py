@@ -37,7 +37,7 @@ import torch
 
 from styleseg.config import check_preset, config_hash, to_dict
 from styleseg.errors import ConfigError, InputError
-from styleseg.style.generator import GeneratorSpec, StyleGenerator, save_generator
+from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import (
     StyleTargets,
     nps_texture_loss,
@@ -120,6 +120,7 @@ class GeneratorConfig:
     base: int = 16
     n_res: int = 3
     image_input: bool = False
+    bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
     conditional: bool = False
     bf16: bool = False
     vgg_weights: str = ""
@@ -301,9 +302,11 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
             log.info("%s: already trained with this config, skipped", folder)
             return folder
     n_styles = len(style_records) if cfg.conditional else 1
+    body = schema.value("body") if cfg.bone_hu > 0 and "body" in schema.names else -1
     spec = GeneratorSpec(num_classes=num_classes, base=cfg.base, n_res=cfg.n_res, n_styles=n_styles,
                          conditional=cfg.conditional, image_input=cfg.image_input, output=cfg.output,
-                         noise_kernel=cfg.noise_kernel)
+                         noise_kernel=cfg.noise_kernel, bone_hu=cfg.bone_hu if body >= 0 else 0.0,
+                         body_value=body)
     seed_everything(cfg.seed)
     model = StyleGenerator(spec)
     model.init_prior(means.cpu(), targets.present.cpu())
@@ -474,6 +477,11 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     device = choose_device(cfg.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     num_classes = schema.num_classes
+    if cfg.bone_hu > 0 and "body" in schema.names:  # generator segments = schema + derived bone (last class)
+        bone = (schema.value("body"), cfg.bone_hu, num_classes)
+        src = _Source(src.images, add_bone_segment(src.labels, src.images, *bone))
+        style_labels = [add_bone_segment(lab, h, *bone) for h, lab in zip(style_hu, style_labels, strict=True)]
+        num_classes += 1
     vgg = VGG19Features(cfg.vgg_weights or None, layers=tuple(dict.fromkeys((*cfg.style_layers,
                                                                               *cfg.content_layers)))).to(device)
     targets, means = compute_targets(vgg, style_hu, style_labels, num_classes,
