@@ -25,3 +25,7 @@ class InputError(StylesegError):
 
 class ConfigError(StylesegError):
     """A configuration value or key that is wrong (typo, out of range)."""
+
+
+class CheckpointMismatch(ConfigError):
+    """A checkpoint to resume was written with another configuration or other inputs."""

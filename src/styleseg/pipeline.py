@@ -546,12 +546,18 @@ class Experiment:
         def build() -> None:
             import shutil
 
+            from styleseg.errors import CheckpointMismatch
             from styleseg.seg.train import train_segmentation
 
             if self.fresh and out.exists():
                 shutil.rmtree(out)
-            train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(),
-                               extra_transform=self.arm_transform(arm))
+            try:
+                train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(),
+                                   extra_transform=self.arm_transform(arm))
+            except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
+                log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
+                shutil.rmtree(out)
+                train_segmentation(datasets, out, scfg, resume=False, extra_transform=self.arm_transform(arm))
         self._stage(f"train_{arm}", {"seg": to_dict(scfg), "arm": arm}, upstream, [out / "model.json"], build)
         return out
 

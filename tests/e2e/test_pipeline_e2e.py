@@ -117,6 +117,13 @@ def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
     assert {"train_baseline", "train_lowres", "evaluate_baseline"} <= ran and "data" not in ran
     log = (run / "arms" / "baseline" / "model" / "train_log.jsonl").read_text().strip().splitlines()
     assert len(log) == 1 and json.loads(log[0])["step"] == 3  # a fresh run of 1 epoch x 3 steps
+    # interrupted under one config (a checkpoint, no finished marker), resumed under another: from scratch
+    (run / "stages" / "train_lowres.json").unlink()
+    p.write_text(p.read_text().replace("steps_per_epoch = 3", "steps_per_epoch = 4"))
+    s5 = run_experiment(load_experiment(p), run)
+    assert not s5["timings"]["train_lowres"]["skipped"]
+    log = (run / "arms" / "lowres" / "model" / "train_log.jsonl").read_text().strip().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["step"] == 4
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from styleseg.config import check_preset, config_hash, to_dict
-from styleseg.errors import ConfigError, InputError
+from styleseg.errors import CheckpointMismatch, ConfigError, InputError
 
 log = logging.getLogger("styleseg.seg.train")
 
@@ -351,7 +351,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     if resume:
         ck = load_checkpoint(ckpt_path, map_location=device)
         if ck["config_hash"] != chash:
-            raise ConfigError(f"{ckpt_path}: the checkpoint was made with another config or other datasets; "
+            raise CheckpointMismatch(f"{ckpt_path}: the checkpoint was made with another config or other datasets; "
                               "resume with the same settings, or start a new --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
