@@ -566,8 +566,19 @@ class Experiment:
         test = self.d / "target_test"
 
         def build() -> None:
+            import hashlib
+            import shutil
+
             from styleseg.seg.predict import segment
 
+            # `--continue` may only reuse outputs of THIS model (an interrupted prediction): outputs of an
+            # earlier model (the arm was retrained) are removed first. The model is identified by its weights.
+            ident = hashlib.sha1((model / "weights.pt").read_bytes()).hexdigest()
+            stamp = pred / ".model_sha1"
+            if pred.exists() and (not stamp.exists() or stamp.read_text().strip() != ident):
+                shutil.rmtree(pred)
+            pred.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(ident + "\n")
             inputs = test
             if arm == "denoise":
                 inputs = self._denoised_test()

@@ -117,6 +117,14 @@ def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
     assert {"train_baseline", "train_lowres", "evaluate_baseline"} <= ran and "data" not in ran
     log = (run / "arms" / "baseline" / "model" / "train_log.jsonl").read_text().strip().splitlines()
     assert len(log) == 1 and json.loads(log[0])["step"] == 3  # a fresh run of 1 epoch x 3 steps
+    # ... and its predictions are redone with the new weights, not kept from the old model by --continue
+    import hashlib
+
+    model_dir, pred_dir = run / "arms" / "baseline" / "model", run / "arms" / "baseline" / "pred"
+    sha = hashlib.sha1((model_dir / "weights.pt").read_bytes()).hexdigest()
+    assert (pred_dir / ".model_sha1").read_text().strip() == sha
+    preds = list(pred_dir.glob("*.nii.gz"))
+    assert preds and all(f.stat().st_mtime >= (model_dir / "weights.pt").stat().st_mtime for f in preds)
     # interrupted under one config (a checkpoint, no finished marker), resumed under another: from scratch
     (run / "stages" / "train_lowres.json").unlink()
     p.write_text(p.read_text().replace("steps_per_epoch = 3", "steps_per_epoch = 4"))
