@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a 2-step run to check the script")
     ap.add_argument("--amp", choices=("none", "bf16"), default=None, help="override the preset's amp")
     ap.add_argument("--crop", type=int, default=None, help="override the preset's crop size (px, native spacing)")
+    ap.add_argument("--context", type=int, default=None, help="2.5D: neighbouring slices per side as channels")
     ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
     args = ap.parse_args()
@@ -94,6 +95,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, amp=args.amp)
     if args.crop:
         cfg = dataclasses.replace(cfg, crop=args.crop)
+    if args.context is not None:
+        cfg = dataclasses.replace(cfg, context=args.context)
     train_ds = import_nsclc(args.work / "train_ds", TRAIN)
     test_ds = import_nsclc(args.work / "test_ds", TEST)
     model = args.work / f"model_{'smoke' if args.smoke else args.tag}"
@@ -111,7 +114,8 @@ def main() -> None:
     print(f"model after epoch {epochs_done} of {cfg.epochs}")
     names = list(TARGETS)
     print(f"\ncrop {cfg.crop} px at native spacing (~0.98 mm), base {cfg.base_channels} ch, depth {cfg.depth}, "
-          f"{cfg.epochs} x {cfg.steps_per_epoch} steps of batch {cfg.batch_size}, amp {cfg.amp}; "
+          f"{cfg.epochs} x {cfg.steps_per_epoch} steps of batch {cfg.batch_size}, amp {cfg.amp}, "
+          f"context {cfg.context}; "
           f"train {t_train / 60:.1f} min, "
           f"predict {t_pred:.0f} s for {rep.slices} slices")
     print("| case | " + " | ".join(names) + " |")

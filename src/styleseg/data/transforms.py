@@ -76,7 +76,8 @@ def train_augment_coords(rng: np.random.Generator, centre: tuple[float, float], 
 
 
 class TrainAugment:
-    """Picklable training augmentation: ``(hu (H, W), label (H, W) | None, rng) -> (hu crop, label crop)``.
+    """Picklable training augmentation: ``(hu (H, W), label (H, W) | None, rng) -> (hu crop, label crop)``;
+    ``hu`` may also be (C, H, W) (a slice with its neighbours), every channel then gets the same transform.
 
     ``foreground_classes``: label values to oversample (organs; not background/body).
     """
@@ -89,7 +90,11 @@ class TrainAugment:
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         centre = sample_crop_centre(rng, label, self.cfg.crop, self.fg, self.cfg.foreground_prob)
         coords = train_augment_coords(rng, centre, self.cfg)
-        img = ndi.map_coordinates(np.asarray(hu, np.float32), coords, order=1, mode="constant", cval=-1024.0)
+        hu = np.asarray(hu, np.float32)
+        if hu.ndim == 3:  # (C, H, W): neighbouring slices (2.5D context), all moved by the same transform
+            img = np.stack([ndi.map_coordinates(c, coords, order=1, mode="constant", cval=-1024.0) for c in hu])
+        else:
+            img = ndi.map_coordinates(hu, coords, order=1, mode="constant", cval=-1024.0)
         lab = None
         if label is not None:
             lab = ndi.map_coordinates(np.asarray(label), coords, order=0, mode="constant", cval=0)

@@ -30,7 +30,8 @@ AIR_HU = -1024.0
 
 
 def window_channels(hu: torch.Tensor, windows: Sequence[str]) -> torch.Tensor:
-    """(B, 1, H, W) HU -> (B, len(windows), H, W) in [0, 1] (the same mapping as slices.window)."""
+    """(B, C, H, W) HU -> (B, len(windows) * C, H, W) in [0, 1] (the same mapping as slices.window), window-major:
+    C > 1 are the slices of a 2.5D stack."""
     chans = []
     for name in windows:
         centre, width = WINDOWS[name]
@@ -56,16 +57,32 @@ def downsample_label(lab: torch.Tensor, factor: int) -> torch.Tensor:
                          mode="nearest").to(lab.dtype)
 
 
+def context_stack(hu: np.ndarray, start: int, stop: int, context: int, before: np.ndarray | None = None,
+                  after: np.ndarray | None = None) -> np.ndarray:
+    """(stop - start, 2 * context + 1, H, W): slices ``start:stop`` of ``hu`` (N, H, W) each with its
+    ``context`` neighbours per side, taken from ``before``/``after`` (the slices just outside ``hu``, when
+    ``hu`` is a chunk of a longer volume) and repeating the edge slice at the ends of the volume."""
+    nb = 0 if before is None else len(before)
+    full = hu if not nb and (after is None or not len(after)) else np.concatenate(
+        [a for a in (before, hu, after) if a is not None and len(a)])
+    zs = np.arange(start, stop)[:, None] + nb + np.arange(-context, context + 1)[None]
+    return full[np.clip(zs, 0, len(full) - 1)]
+
+
 @torch.no_grad()
 def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str], multiple: int,
                  downsample: int = 1, device: torch.device | str = "cpu", batch_size: int = 8,
-                 dtype: str = "float32", channels_last: bool = False) -> np.ndarray:
-    """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid."""
+                 dtype: str = "float32", channels_last: bool = False, context: int = 0,
+                 before: np.ndarray | None = None, after: np.ndarray | None = None) -> np.ndarray:
+    """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid. ``context`` > 0: 2.5D
+    models, see :func:`context_stack` (``before``/``after``: neighbouring slices outside ``hu``)."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     autocast = dtype == "bfloat16"
     for i in range(0, hu.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(hu[i:i + batch_size], np.float32))[:, None].to(device)
+        j = min(i + batch_size, hu.shape[0])
+        xs = context_stack(hu, i, j, context, before, after) if context else hu[i:j, None]
+        x = torch.from_numpy(np.ascontiguousarray(xs, np.float32)).to(device)
         h, w = x.shape[-2:]
         x = downsample_hu(x, downsample)
         x, pads = pad_multiple(x, multiple, AIR_HU)
@@ -114,6 +131,7 @@ class Predictor:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.windows = tuple(self.meta.get("windows", ("soft_tissue",)))
+        self.context = int(self.meta.get("context", 0))
         self.downsample = int(self.meta.get("downsample", 1))
         self.batch_size = batch_size
         self.dtype = dtype
@@ -121,13 +139,45 @@ class Predictor:
         self.labels: dict[str, int] = dict(self.meta.get("labels", {}))
         self.train_spacing = self.meta.get("train_spacing_mm")
 
-    def predict_array(self, hu: np.ndarray) -> np.ndarray:
-        """HU slices (N, H, W) in canonical orientation -> uint8 labels (N, H, W)."""
+    def predict_array(self, hu: np.ndarray, before: np.ndarray | None = None,
+                      after: np.ndarray | None = None) -> np.ndarray:
+        """HU slices (N, H, W) in canonical orientation, consecutive slices of one volume -> uint8 labels
+        (N, H, W). A 2.5D model (``context`` > 0) also reads ``before``/``after``, the neighbouring slices
+        outside ``hu`` (none: ``hu`` starts/ends the volume)."""
         hu = np.asarray(hu)
         if hu.ndim == 2:
             hu = hu[None]
         return infer_slices(self.model, hu, self.windows, 2**self.spec.depth, self.downsample, self.device,
-                            self.batch_size, self.dtype, self.channels_last)
+                            self.batch_size, self.dtype, self.channels_last, self.context, before, after)
+
+    def predict_chunks(self, chunks: Any) -> Any:
+        """Stream a volume: an iterable of consecutive HU chunks (n_i, H, W) -> yields their labels, chunk by
+        chunk. A 2.5D model needs ``context`` slices after each chunk, so a chunk is answered once enough of
+        the following ones have arrived; memory stays at a few chunks."""
+        from collections import deque
+
+        k = self.context
+        if not k:
+            for c in chunks:
+                yield self.predict_array(c)
+            return
+        tail: np.ndarray | None = None  # the last k slices before the chunk being answered
+        queue: deque[np.ndarray] = deque()
+
+        def answer() -> np.ndarray:
+            nonlocal tail
+            cur = queue.popleft()
+            after = np.concatenate(list(queue))[:k] if queue else None
+            lab = self.predict_array(cur, tail, after)
+            tail = np.concatenate([a for a in (tail, cur) if a is not None])[-k:]
+            return lab
+
+        for c in chunks:
+            queue.append(np.asarray(c))
+            while len(queue) > 1 and sum(len(q) for q in list(queue)[1:]) >= k:
+                yield answer()
+        while queue:
+            yield answer()
 
     def check_geometry(self, spacing: Sequence[float], direction: Sequence[float], path: Any = None,
                        ) -> tuple[bool, bool]:
@@ -267,9 +317,12 @@ def _segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int 
     flips = pred.check_geometry(geom["spacing"], geom["direction"], folder)
     first = headers[0].ds
     lab = np.zeros((len(headers), int(first.Rows), int(first.Columns)), np.uint8)
-    for z0 in range(0, len(headers), chunk_slices):
-        chunk = read_ct_series(headers[z0:z0 + chunk_slices])
-        lab[z0:z0 + chunk.shape[0]] = to_canonical(pred.predict_array(to_canonical(chunk.array, flips)), flips)
+    chunks = (to_canonical(read_ct_series(headers[z0:z0 + chunk_slices]).array, flips)
+              for z0 in range(0, len(headers), chunk_slices))
+    z0 = 0
+    for chunk_lab in pred.predict_chunks(chunks):
+        lab[z0:z0 + chunk_lab.shape[0]] = to_canonical(chunk_lab, flips)
+        z0 += chunk_lab.shape[0]
     vol = Volume(lab, geom["spacing"], geom["origin"], geom["direction"])
     if dicom_seg:  # before the NIfTI, whose existence is what --continue trusts
         from styleseg.io.rtstruct import write_seg
@@ -358,15 +411,19 @@ def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slice
             out_hdr.write_to(head)  # 348-byte header + 4-byte extension flag
             fout.write(head.getvalue().ljust(352, b"\x00"))
             fin.seek(offset)
-            for z0 in range(0, nz, chunk_slices):
-                n = min(chunk_slices, nz - z0)
-                buf = fin.read(per_slice * n)
-                if len(buf) != per_slice * n:
-                    raise InputError(path, f"file is truncated: slice data ends at slice {z0 + len(buf) // per_slice}"
-                                     f" of {nz}", "re-export or re-download the file")
-                hu = np.frombuffer(buf, dt).reshape(n, ny, nx).astype(np.float32)
-                if slope != 1.0 or inter != 0.0:
-                    hu = hu * slope + inter
-                lab = to_canonical(pred.predict_array(to_canonical(hu, flips)), flips)
-                fout.write(np.ascontiguousarray(lab, np.uint8).tobytes())
+
+            def chunks():
+                for z0 in range(0, nz, chunk_slices):
+                    n = min(chunk_slices, nz - z0)
+                    buf = fin.read(per_slice * n)
+                    if len(buf) != per_slice * n:
+                        raise InputError(path, f"file is truncated: slice data ends at slice "
+                                         f"{z0 + len(buf) // per_slice} of {nz}", "re-export or re-download the file")
+                    hu = np.frombuffer(buf, dt).reshape(n, ny, nx).astype(np.float32)
+                    if slope != 1.0 or inter != 0.0:
+                        hu = hu * slope + inter
+                    yield to_canonical(hu, flips)
+
+            for lab in pred.predict_chunks(chunks()):
+                fout.write(np.ascontiguousarray(to_canonical(lab, flips), np.uint8).tobytes())
     return nz

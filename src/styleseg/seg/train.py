@@ -69,6 +69,9 @@ class SegTrainConfig:
     scale_max: float = 1.1
     elastic_prob: float = 0.3
     downsample: int = 1
+    # 2.5D input: this many neighbouring slices on each side enter as extra channels (0: plain 2D, the paper);
+    # at the ends of a volume the edge slice is repeated
+    context: int = 0
 
     def __post_init__(self) -> None:
         from styleseg.data.slices import WINDOWS
@@ -81,6 +84,8 @@ class SegTrainConfig:
             raise ConfigError("train_seg: downsample, depth, base_channels and batch_size must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
+        if not 0 <= self.context <= 4:
+            raise ConfigError(f"train_seg.context ({self.context}) must be 0 (2D) to 4 neighbouring slices per side")
         if self.crop % 2**self.depth:
             raise ConfigError(f"train_seg.crop ({self.crop}) must be a multiple of 2**depth ({2**self.depth})")
 
@@ -200,8 +205,9 @@ class _Batcher:
     so every DDP rank sees the same draw and its state resumes exactly."""
 
     def __init__(self, cases: list[_Case], augment: Any, windows: Sequence[str], seed: int,
-                 extra_transform: Callable | None):
+                 extra_transform: Callable | None, context: int = 0):
         self.cases = cases
+        self.context = context
         self.index = np.array([(ci, z) for ci, c in enumerate(cases) for z in range(c.image.shape[0])], int)
         self.augment = augment
         self.windows = tuple(windows)
@@ -218,14 +224,28 @@ class _Batcher:
             ci, z = self.index[pick[j]]
             case = self.cases[ci]
             srng = np.random.default_rng(int(seeds[j]))
-            hu, lab = self.augment(case.image[z], case.label[z], srng)
-            if self.extra is not None:
-                hu = np.asarray(self.extra(hu, srng), np.float32)
+            if self.context:
+                zs = np.clip(np.arange(z - self.context, z + self.context + 1), 0, case.image.shape[0] - 1)
+                hu, lab = self.augment(case.image[zs], case.label[z], srng)
+                if self.extra is not None:  # the same random draw for every slice of the stack
+                    state = srng.bit_generator.state
+                    hu = np.stack([np.asarray(self.extra(c, _rng_at(state)), np.float32) for c in hu])
+            else:
+                hu, lab = self.augment(case.image[z], case.label[z], srng)
+                if self.extra is not None:
+                    hu = np.asarray(self.extra(hu, srng), np.float32)
+                hu = hu[None]
             imgs.append(hu)
             labs.append(lab)
             anns.append(case.annotated)
-        x = torch.from_numpy(np.stack(imgs))[:, None]
+        x = torch.from_numpy(np.stack(imgs))
         return x, torch.from_numpy(np.stack(labs).astype(np.int64)), torch.from_numpy(np.stack(anns))
+
+
+def _rng_at(state: dict[str, Any]) -> np.random.Generator:
+    g = np.random.default_rng()
+    g.bit_generator.state = state
+    return g
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,7 +272,8 @@ def _state_hash(sd: dict[str, Any]) -> str:
 
 
 def validation_dice(model: Any, cases: list[_Case], schema: Any, windows: Sequence[str], multiple: int,
-                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False) -> dict[str, float]:
+                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
+                    context: int = 0) -> dict[str, float]:
     """Mean over validation cases of the 3D Dice per structure (cases that did not annotate a
     structure, or where it is absent from both reference and prediction, are skipped)."""
     import torch
@@ -264,7 +285,7 @@ def validation_dice(model: Any, cases: list[_Case], schema: Any, windows: Sequen
     model.eval()
     for i in range(rank, len(cases), world):
         c = cases[i]
-        pred = infer_slices(model, np.asarray(c.image, np.float32), windows, multiple, 1, device)
+        pred = infer_slices(model, np.asarray(c.image, np.float32), windows, multiple, 1, device, context=context)
         for v in schema.values:
             p, r = pred == v, c.label == v
             counts[i, v] = torch.tensor([(p & r).sum(), p.sum(), r.sum(), float(c.annotated[v])])
@@ -328,11 +349,11 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    batcher = _Batcher(train_cases, aug, cfg.windows, cfg.seed, extra_transform)
+    batcher = _Batcher(train_cases, aug, cfg.windows, cfg.seed, extra_transform, cfg.context)
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
-    spec = UNetSpec(in_channels=len(cfg.windows), num_classes=schema.num_classes,
+    spec = UNetSpec(in_channels=len(cfg.windows) * (2 * cfg.context + 1), num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
     # channels-last: the layout oneDNN (CPU, incl. AMX bf16) and cuDNN convolve fastest (a step of the
     # quick preset at crop 192 in bf16 on one CPU thread: 0.45 s -> 0.36 s)
@@ -367,7 +388,8 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     meta = {"architecture": spec.to_json(), "labels": schema.to_labels_dict(), "windows": list(cfg.windows),
-            "downsample": cfg.downsample, "catch_all": catch_all, "config": to_dict(cfg), "config_hash": chash,
+            "context": cfg.context, "downsample": cfg.downsample, "catch_all": catch_all, "config": to_dict(cfg),
+            "config_hash": chash,
             "split": split, "datasets": [str(d) for d in datasets],
             "train_spacing_mm": float(np.median([c.spacing[0] for c in train_cases])),
             "orientation": "axial, canonical LPS in-plane (identity direction)"}
@@ -417,7 +439,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                 for b in model.buffers():
                     torch.distributed.broadcast(b, 0)
             val = validation_dice(model, val_set, schema, cfg.windows, 2**spec.depth, device,
-                                  rank, world, distributed) if val_set else {}
+                                  rank, world, distributed, cfg.context) if val_set else {}
             organ_names = [schema.name(v) for v in organs]
             scores = [val[n] for n in organ_names if n in val]
             score = float(np.mean(scores)) if scores else float("nan")

@@ -344,7 +344,10 @@ def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None)
     src = f"model:{Path(labels_from).resolve()}"
     for shape in sorted({s.hu.shape for s in todo}):
         group = [s for s in todo if s.hu.shape == shape]
-        labs = np.asarray(pred.predict_array(np.stack([s.hu for s in group])))
+        if pred.context:  # a 2.5D model reads neighbours: each style slice alone (its edge slice repeated)
+            labs = np.stack([pred.predict_array(s.hu[None])[0] for s in group])
+        else:
+            labs = np.asarray(pred.predict_array(np.stack([s.hu for s in group])))
         for s, lab in zip(group, labs, strict=True):
             ds.schema.check_label_values(lab, f"prediction of {labels_from} for {s.case_id} slice {s.slice}")
             s.label = s.image.with_array(np.asarray(lab, np.uint8)[None])
