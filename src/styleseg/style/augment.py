@@ -45,6 +45,8 @@ def generate_volume(model, label: np.ndarray, image: np.ndarray | None, style: i
     A generator with a derived bone segment (``spec.bone_hu``) takes the bone from ``image`` (the source
     slices the label maps belong to)."""
     out = np.empty(label.shape, np.int16)
+    if model.spec.image_input and image is None:
+        raise ValueError("this generator reads the source slice (image_input): pass the source image too")
     if model.spec.bone_hu > 0:
         from styleseg.style.generator import add_bone_segment
 
