@@ -27,11 +27,15 @@ TARGETS = {"lung_left": 0.95, "lung_right": 0.95, "heart": 0.85, "spinal_cord": 
 
 
 def import_nsclc(out: Path, cases: tuple[str, ...]) -> Path:
+    """Import ``cases`` into a dataset at ``out`` (kept and reused; a different case list there is an error)."""
     from styleseg.io.dataset import DatasetWriter
     from styleseg.io.volume import read_nifti
     from styleseg.labels import LabelSchema, add_body
 
     if (out / "dataset.json").exists():
+        have = sorted(json.loads((out / "dataset.json").read_text())["styleseg"]["cases"])
+        if have and have != sorted(cases):
+            raise SystemExit(f"{out} holds {have}, not {sorted(cases)}: use another --work for this split")
         return out
     schema = LabelSchema.default()
     meta = {c["id"]: c for c in json.loads((DATA / "cases.json").read_text())["cases"]}
@@ -72,6 +76,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a 2-step run to check the script")
     ap.add_argument("--amp", choices=("none", "bf16"), default=None, help="override the preset's amp")
     ap.add_argument("--crop", type=int, default=None, help="override the preset's crop size (px, native spacing)")
+    ap.add_argument("--test", default=",".join(TEST),
+                    help="comma-separated test patients (the other NSCLC patients train); use a fresh --work per split")
     ap.add_argument("--context", type=int, default=None, help="2.5D: neighbouring slices per side as channels")
     ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
@@ -97,8 +103,14 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, crop=args.crop)
     if args.context is not None:
         cfg = dataclasses.replace(cfg, context=args.context)
-    train_ds = import_nsclc(args.work / "train_ds", TRAIN)
-    test_ds = import_nsclc(args.work / "test_ds", TEST)
+    test = tuple(sorted(args.test.split(",")))
+    unknown = set(test) - set(TRAIN + TEST)
+    if unknown:
+        raise SystemExit(f"--test: unknown patients {sorted(unknown)}; choose from {sorted(TRAIN + TEST)}")
+    train = tuple(sorted(set(TRAIN + TEST) - set(test)))
+    print(f"train {train}, test {test}")
+    train_ds = import_nsclc(args.work / "train_ds", train)
+    test_ds = import_nsclc(args.work / "test_ds", test)
     model = args.work / f"model_{'smoke' if args.smoke else args.tag}"
     t0 = time.perf_counter()
     resume = (model / "checkpoint.pt").exists()
@@ -109,7 +121,7 @@ def main() -> None:
     pred = args.work / f"pred_{model.name}{'_eval' if args.eval_only else ''}"
     rep = segment([test_ds], model, pred)
     t_pred = time.perf_counter() - t0
-    res = dice_table(pred, TEST)
+    res = dice_table(pred, test)
     epochs_done = json.loads((model / "model.json").read_text()).get("best_epoch")
     print(f"model after epoch {epochs_done} of {cfg.epochs}")
     names = list(TARGETS)
