@@ -303,3 +303,22 @@ def test_labels_from_model(synth: Path, tmp_path: Path, monkeypatch: pytest.Monk
     assert not (tmp_path / "S3").exists()
     with pytest.raises(InputError, match="segmentation model folder does not exist"):
         pick_styles(synth, 1, tmp_path / "S3", manual=[("sharp0", 0)], labels_from=tmp_path / "nope")
+
+
+class _ContextPredictor(_ThresholdPredictor):
+    context = 1  # a 2.5D model: a stack of unrelated style slices must not be read as neighbours
+
+
+def test_labels_from_a_2p5d_model_predict_each_style_slice_alone(synth: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    fake = types.ModuleType("styleseg.seg.predict")
+    fake.Predictor = _ContextPredictor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "styleseg.seg.predict", fake)
+    model = tmp_path / "model"
+    model.mkdir()
+    _ThresholdPredictor.calls.clear()
+    pick_styles(synth, 2, tmp_path / "S", manual=[("smooth1", 2), ("sharp0", 0)], labels_from=model)
+    assert _ThresholdPredictor.calls == [(1, SIZE, SIZE), (1, SIZE, SIZE)]

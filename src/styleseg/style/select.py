@@ -344,7 +344,7 @@ def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None)
     src = f"model:{Path(labels_from).resolve()}"
     for shape in sorted({s.hu.shape for s in todo}):
         group = [s for s in todo if s.hu.shape == shape]
-        if pred.context:  # a 2.5D model reads neighbours: each style slice alone (its edge slice repeated)
+        if getattr(pred, "context", 0):  # a 2.5D model reads neighbours: each style slice alone
             labs = np.stack([pred.predict_array(s.hu[None])[0] for s in group])
         else:
             labs = np.asarray(pred.predict_array(np.stack([s.hu for s in group])))
