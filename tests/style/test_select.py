@@ -267,20 +267,26 @@ class _ThresholdPredictor:
         return np.where(body & (hu < -500), self.value, np.where(body, 6, 0)).astype(np.uint8)
 
 
-def test_labels_from_model(synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_predictor_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cls: type) -> Path:
+    """Put ``cls`` in place of the seg module's Predictor; returns an (empty) model folder."""
     import sys
     import types
 
-    from typer.testing import CliRunner
-
-    from styleseg.cli import app
-
     fake = types.ModuleType("styleseg.seg.predict")
-    fake.Predictor = _ThresholdPredictor  # type: ignore[attr-defined]
+    fake.Predictor = cls  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "styleseg.seg.predict", fake)
     model = tmp_path / "model"
     model.mkdir()
     _ThresholdPredictor.calls.clear()
+    return model
+
+
+def test_labels_from_model(synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+
+    model = _fake_predictor_module(monkeypatch, tmp_path, _ThresholdPredictor)
     r = CliRunner().invoke(app, ["pick-styles", str(synth), "--out", str(tmp_path / "S"), "--labels-from", str(model),
                                  "--slices", "white0:1,smooth1:2,sharp0:0", "--require-labels"])
     assert r.exit_code == 0, r.output
@@ -311,14 +317,6 @@ class _ContextPredictor(_ThresholdPredictor):
 
 def test_labels_from_a_2p5d_model_predict_each_style_slice_alone(synth: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
-
-    fake = types.ModuleType("styleseg.seg.predict")
-    fake.Predictor = _ContextPredictor  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "styleseg.seg.predict", fake)
-    model = tmp_path / "model"
-    model.mkdir()
-    _ThresholdPredictor.calls.clear()
+    model = _fake_predictor_module(monkeypatch, tmp_path, _ContextPredictor)
     pick_styles(synth, 2, tmp_path / "S", manual=[("smooth1", 2), ("sharp0", 0)], labels_from=model)
     assert _ThresholdPredictor.calls == [(1, SIZE, SIZE), (1, SIZE, SIZE)]
