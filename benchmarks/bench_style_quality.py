@@ -118,8 +118,32 @@ def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], 
     return rows, generated
 
 
+def extra_targets(n: int, size: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` more labelled target-domain patients for the checker, from a disjoint seed (benchmark seed 1: the
+    main benchmark uses seed 0), cycled over the same protocols; kept in ``cache`` as an npz."""
+    from styleseg.io.dataset import Dataset
+    from styleseg.sim.benchmark import BenchmarkConfig, make_benchmark
+
+    f = cache / f"extra_targets_n{n}_s{size}.npz" if cache is not None else None
+    if f is not None and f.exists():
+        z = np.load(f)
+        return z["hu"], z["lab"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_benchmark(Path(tmp) / "b", seed=1, config=BenchmarkConfig(n_source=1, n_target=n, source_slices=1,
+                                                                        target_slices=6, size=size))
+        tgt = Dataset(Path(tmp) / "b" / "target")
+        hu = np.concatenate([tgt.load_image(c.case_id).array for c in tgt.cases])
+        lab = np.concatenate([tgt.load_label(c.case_id).array for c in tgt.cases])
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(f, hu=hu, lab=lab)
+    return hu, lab
+
+
 def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32,
-               cache: Path | None = None, crop: int = 0) -> dict:
+               cache: Path | None = None, crop: int = 0, extra: int = 0) -> dict:
     """Train a 2D U-Net on the labelled target-domain slices (patients with an even index; the others are
     held out) and segment the generated slices. No left-right flips: left and right lungs are different
     labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last.
@@ -127,7 +151,10 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     ``crop`` > 0: train on augmented crops at native spacing with foreground oversampling (the seg module's
     :class:`~styleseg.data.transforms.TrainAugment`: small rotations/scaling, elastic, crop centred on a random
     organ pixel 60% of the time) instead of whole unaugmented slices; the small structures (oesophagus, cord)
-    are then seen far more often."""
+    are then seen far more often.
+
+    ``extra`` > 0: also train on that many more labelled target patients (:func:`extra_targets`); the held-out
+    patients stay the same."""
     from torch.nn import functional as F
 
     from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
@@ -142,6 +169,13 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     case = d["tgt_case"]
     tr = np.flatnonzero(case % 2 == 0)
     te = np.flatnonzero(case % 2 == 1)
+    train_hu, train_lab = d["tgt_hu"], d["tgt_lab"]
+    if extra:
+        e_hu, e_lab = extra_targets(extra, int(d["tgt_hu"].shape[-1]), cache)
+        tr = np.concatenate([tr, len(train_hu) + np.arange(len(e_hu))])
+        train_hu, train_lab = np.concatenate([train_hu, e_hu]), np.concatenate([train_lab, e_lab])
+        x_all = torch.from_numpy(train_hu.astype(np.float32))[:, None]
+        y_all = torch.from_numpy(train_lab.astype(np.int64))
     k = int(LabelSchema.default().num_classes)
     net = UNet(UNetSpec(in_channels=len(wins), num_classes=k, base_channels=base, depth=4)).to(
         dev, memory_format=torch.channels_last)
@@ -149,7 +183,7 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    key = f"unet_b{base}_s{steps}_seed{seed}{f'_crop{crop}' if crop else ''}.pt"
+    key = f"unet_b{base}_s{steps}_seed{seed}{f'_crop{crop}' if crop else ''}{f'_extra{extra}' if extra else ''}.pt"
     schema = LabelSchema.default()
     aug = TrainAugment(TrainAugmentConfig(crop=crop), tuple(v for n, v in schema.structures if n != "body")) \
         if crop else None
@@ -161,7 +195,7 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     for _ in range(steps_to_run):
         idx = rng.choice(tr, 8)
         if aug is not None:
-            pairs = [aug(d["tgt_hu"][i], d["tgt_lab"][i], rng) for i in idx]
+            pairs = [aug(train_hu[i], train_lab[i], rng) for i in idx]
             xb = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
             y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(dev)
         else:
@@ -199,8 +233,8 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
                 out[name] = float(2 * (a & b).sum() / (a.sum() + b.sum()))
         return out
 
-    res = {"train_steps": steps, "train_crop": crop, "train_s": round(train_s, 1), "train_slices": len(tr),
-           "heldout_slices": len(te),
+    res = {"train_steps": steps, "train_crop": crop, "extra_patients": extra, "train_s": round(train_s, 1),
+           "train_slices": len(tr), "heldout_slices": len(te),
            "heldout_target": seg_dice(d["tgt_hu"][te], d["tgt_lab"][te])}
     mids = [int(i) for i in d["mid"]]
     res["source"] = seg_dice(d["src_hu"][mids], d["src_lab"][mids])
@@ -235,6 +269,8 @@ def main() -> None:
     ap.add_argument("--dice-base", type=int, default=32, help="base channels of the Dice-check U-Net")
     ap.add_argument("--dice-crop", type=int, default=0,
                     help="train the Dice-check U-Net on augmented crops of this size (0: whole slices, no aug.)")
+    ap.add_argument("--dice-extra", type=int, default=0,
+                    help="train the Dice-check U-Net on this many more labelled target patients (seed 1)")
     ap.add_argument("--image-input", action="store_true", help="generators also see the source slice")
     ap.add_argument("--dice-cache", type=Path, default=None, help="folder to keep/reuse the Dice-check U-Net in")
     ap.add_argument("--bone-hu", type=float, default=None, help="derived bone segment threshold (0: off)")
@@ -295,7 +331,7 @@ def main() -> None:
     res = {"rows": rows, "t_sep": t_sep, "t_cond": t_cond, "config": {k: str(v) for k, v in vars(a).items()}}
     if a.dice:
         res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base, cache=a.dice_cache,
-                                 crop=a.dice_crop)
+                                 crop=a.dice_crop, extra=a.dice_extra)
         print("Dice (U-Net trained on target-domain slices):")
         for key, v in res["dice"].items():
             if isinstance(v, dict):
