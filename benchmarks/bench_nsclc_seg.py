@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--test", default=",".join(TEST),
                     help="comma-separated test patients (the other NSCLC patients train); use a fresh --work per split")
     ap.add_argument("--context", type=int, default=None, help="2.5D: neighbouring slices per side as channels")
+    ap.add_argument("--position", action="store_true", help="two position channels (x, y in the body box)")
     ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
     args = ap.parse_args()
@@ -103,6 +104,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, crop=args.crop)
     if args.context is not None:
         cfg = dataclasses.replace(cfg, context=args.context)
+    if args.position:
+        cfg = dataclasses.replace(cfg, position=True)
     test = tuple(sorted(args.test.split(",")))
     unknown = set(test) - set(TRAIN + TEST)
     if unknown:
@@ -127,7 +130,7 @@ def main() -> None:
     names = list(TARGETS)
     print(f"\ncrop {cfg.crop} px at native spacing (~0.98 mm), base {cfg.base_channels} ch, depth {cfg.depth}, "
           f"{cfg.epochs} x {cfg.steps_per_epoch} steps of batch {cfg.batch_size}, amp {cfg.amp}, "
-          f"context {cfg.context}; "
+          f"context {cfg.context}, position {cfg.position}; "
           f"train {t_train / 60:.1f} min, "
           f"predict {t_pred:.0f} s for {rep.slices} slices")
     print("| case | " + " | ".join(names) + " |")

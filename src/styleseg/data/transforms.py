@@ -87,7 +87,9 @@ class TrainAugment:
         self.fg = np.asarray(foreground_classes, int)
 
     def __call__(self, hu: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+                 return_coords: bool = False) -> tuple[np.ndarray, ...]:
+        """``return_coords``: also return the (2, crop, crop) source coordinates (y, x) in the full slice of
+        every crop pixel (the same random draws either way)."""
         centre = sample_crop_centre(rng, label, self.cfg.crop, self.fg, self.cfg.foreground_prob)
         coords = train_augment_coords(rng, centre, self.cfg)
         hu = np.asarray(hu, np.float32)
@@ -99,6 +101,8 @@ class TrainAugment:
         if label is not None:
             lab = ndi.map_coordinates(np.asarray(label), coords, order=0, mode="constant", cval=0)
             lab = lab.astype(np.uint8)
+        if return_coords:
+            return img.astype(np.float32), lab, coords
         return img.astype(np.float32), lab
 
 

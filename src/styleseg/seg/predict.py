@@ -40,6 +40,45 @@ def window_channels(hu: torch.Tensor, windows: Sequence[str]) -> torch.Tensor:
     return torch.cat(chans, dim=1)
 
 
+def network_input(x: torch.Tensor, windows: Sequence[str], n_position: int = 0) -> torch.Tensor:
+    """The U-Net's input from a batch (B, C, H, W) whose first C - ``n_position`` channels are HU (one slice or
+    a 2.5D stack) and whose last ``n_position`` are position maps (:func:`position_maps`, passed unchanged)."""
+    if not n_position:
+        return window_channels(x, windows)
+    return torch.cat([window_channels(x[:, :-n_position], windows), x[:, -n_position:]], dim=1)
+
+
+def body_frame(hu: np.ndarray) -> np.ndarray:
+    """(N, 4) float: for each HU slice of ``hu`` (N, H, W) the centre and half-extent (cy, cx, hy, hx), in
+    pixels, of the bounding box of its body (:func:`styleseg.labels.derive_body`, slice by slice); the whole
+    slice where no body is found. The frame of the position channels."""
+    from styleseg.labels import derive_body
+
+    hu = np.asarray(hu)
+    if hu.ndim == 2:
+        hu = hu[None]
+    out = np.empty((hu.shape[0], 4))
+    for i, s in enumerate(hu):
+        ys, xs = np.nonzero(derive_body(s))
+        if ys.size == 0:
+            h, w = s.shape
+            out[i] = ((h - 1) / 2, (w - 1) / 2, h / 2, w / 2)
+        else:
+            out[i] = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2,
+                      max((ys.max() - ys.min()) / 2, 1.0), max((xs.max() - xs.min()) / 2, 1.0))
+    return out
+
+
+def position_maps(frame: Sequence[float], y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(2, ...) float32 position channels for pixels at rows ``y`` and columns ``x`` (broadcastable arrays,
+    full-slice pixel coordinates): ((x - cx) / hx, (y - cy) / hy) in the slice's body ``frame`` (cy, cx, hy, hx),
+    i.e. -1..1 from the patient's right to left edge and front to back. It tells a crop which side of the body
+    it shows (a crop of one lung does not), independent of field of view, pixel spacing and patient size."""
+    cy, cx, hy, hx = (float(v) for v in frame)
+    y, x = np.broadcast_arrays(np.asarray(y, np.float64), np.asarray(x, np.float64))
+    return np.stack([(x - cx) / hx, (y - cy) / hy]).astype(np.float32)
+
+
 def downsample_hu(hu: torch.Tensor, factor: int) -> torch.Tensor:
     """Area-average (B, 1, H, W) by ``factor`` (output size ceil(H / factor))."""
     if factor <= 1:
@@ -73,9 +112,12 @@ def context_stack(hu: np.ndarray, start: int, stop: int, context: int, before: n
 def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str], multiple: int,
                  downsample: int = 1, device: torch.device | str = "cpu", batch_size: int = 8,
                  dtype: str = "float32", channels_last: bool = False, context: int = 0,
-                 before: np.ndarray | None = None, after: np.ndarray | None = None) -> np.ndarray:
+                 before: np.ndarray | None = None, after: np.ndarray | None = None,
+                 position: bool = False) -> np.ndarray:
     """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid. ``context`` > 0: 2.5D
-    models, see :func:`context_stack` (``before``/``after``: neighbouring slices outside ``hu``)."""
+    models, see :func:`context_stack` (``before``/``after``: neighbouring slices outside ``hu``).
+    ``position``: the model also reads two position channels (:func:`position_maps`) in each slice's body
+    frame, found on the (downsampled) slice as in training."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     autocast = dtype == "bfloat16"
@@ -85,8 +127,14 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str],
         x = torch.from_numpy(np.ascontiguousarray(xs, np.float32)).to(device)
         h, w = x.shape[-2:]
         x = downsample_hu(x, downsample)
+        frames = body_frame(x[:, context].cpu().numpy()) if position else None
         x, pads = pad_multiple(x, multiple, AIR_HU)
         x = window_channels(x, windows)
+        if frames is not None:
+            yy = (np.arange(x.shape[-2]) - pads[0])[:, None]
+            xx = (np.arange(x.shape[-1]) - pads[2])[None, :]
+            pos = np.stack([position_maps(f, yy, xx) for f in frames])
+            x = torch.cat([x, torch.from_numpy(pos).to(x.device)], dim=1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -132,6 +180,7 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
         self.windows = tuple(self.meta.get("windows", ("soft_tissue",)))
         self.context = int(self.meta.get("context", 0))
+        self.position = bool(self.meta.get("position", False))
         self.downsample = int(self.meta.get("downsample", 1))
         self.batch_size = batch_size
         self.dtype = dtype
@@ -148,7 +197,8 @@ class Predictor:
         if hu.ndim == 2:
             hu = hu[None]
         return infer_slices(self.model, hu, self.windows, 2**self.spec.depth, self.downsample, self.device,
-                            self.batch_size, self.dtype, self.channels_last, self.context, before, after)
+                            self.batch_size, self.dtype, self.channels_last, self.context, before, after,
+                            self.position)
 
     def predict_chunks(self, chunks: Any) -> Any:
         """Stream a volume: an iterable of consecutive HU chunks (n_i, H, W) -> yields their labels, chunk by

@@ -72,6 +72,9 @@ class SegTrainConfig:
     # 2.5D input: this many neighbouring slices on each side enter as extra channels (0: plain 2D, the paper);
     # at the ends of a volume the edge slice is repeated
     context: int = 0
+    # two position channels: each pixel's place in its slice's body box (-1..1, right to left and front to
+    # back), so a crop showing one lung knows which side it is on (beyond the paper)
+    position: bool = False
 
     def __post_init__(self) -> None:
         from styleseg.data.slices import WINDOWS
@@ -205,9 +208,13 @@ class _Batcher:
     so every DDP rank sees the same draw and its state resumes exactly."""
 
     def __init__(self, cases: list[_Case], augment: Any, windows: Sequence[str], seed: int,
-                 extra_transform: Callable | None, context: int = 0):
+                 extra_transform: Callable | None, context: int = 0, position: bool = False):
+        from styleseg.seg.predict import body_frame
+
         self.cases = cases
         self.context = context
+        # per case, per slice body frame of the position channels (found on the whole slice, as at inference)
+        self.frames = [body_frame(c.image) for c in cases] if position else None
         self.index = np.array([(ci, z) for ci, c in enumerate(cases) for z in range(c.image.shape[0])], int)
         self.augment = augment
         self.windows = tuple(windows)
@@ -224,17 +231,24 @@ class _Batcher:
             ci, z = self.index[pick[j]]
             case = self.cases[ci]
             srng = np.random.default_rng(int(seeds[j]))
+            stack = case.image[np.clip(np.arange(z - self.context, z + self.context + 1), 0,
+                                       case.image.shape[0] - 1)] if self.context else case.image[z]
+            if self.frames is not None:
+                hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True)
+            else:
+                hu, lab = self.augment(stack, case.label[z], srng)
             if self.context:
-                zs = np.clip(np.arange(z - self.context, z + self.context + 1), 0, case.image.shape[0] - 1)
-                hu, lab = self.augment(case.image[zs], case.label[z], srng)
                 if self.extra is not None:  # the same random draw for every slice of the stack
                     state = srng.bit_generator.state
                     hu = np.stack([np.asarray(self.extra(c, _rng_at(state)), np.float32) for c in hu])
             else:
-                hu, lab = self.augment(case.image[z], case.label[z], srng)
                 if self.extra is not None:
                     hu = np.asarray(self.extra(hu, srng), np.float32)
                 hu = hu[None]
+            if self.frames is not None:
+                from styleseg.seg.predict import position_maps
+
+                hu = np.concatenate([hu, position_maps(self.frames[ci][z], coords[0], coords[1])])
             imgs.append(hu)
             labs.append(lab)
             anns.append(case.annotated)
@@ -273,7 +287,7 @@ def _state_hash(sd: dict[str, Any]) -> str:
 
 def validation_dice(model: Any, cases: list[_Case], schema: Any, windows: Sequence[str], multiple: int,
                     device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
-                    context: int = 0) -> dict[str, float]:
+                    context: int = 0, position: bool = False) -> dict[str, float]:
     """Mean over validation cases of the 3D Dice per structure (cases that did not annotate a
     structure, or where it is absent from both reference and prediction, are skipped)."""
     import torch
@@ -285,7 +299,8 @@ def validation_dice(model: Any, cases: list[_Case], schema: Any, windows: Sequen
     model.eval()
     for i in range(rank, len(cases), world):
         c = cases[i]
-        pred = infer_slices(model, np.asarray(c.image, np.float32), windows, multiple, 1, device, context=context)
+        pred = infer_slices(model, np.asarray(c.image, np.float32), windows, multiple, 1, device, context=context,
+                            position=position)
         for v in schema.values:
             p, r = pred == v, c.label == v
             counts[i, v] = torch.tensor([(p & r).sum(), p.sum(), r.sum(), float(c.annotated[v])])
@@ -322,7 +337,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
         write_model_folder,
     )
     from styleseg.seg.losses import marginal_dice_ce
-    from styleseg.seg.predict import window_channels
+    from styleseg.seg.predict import network_input
     from styleseg.seg.unet import UNet, UNetSpec
 
     out = Path(out)
@@ -349,11 +364,12 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    batcher = _Batcher(train_cases, aug, cfg.windows, cfg.seed, extra_transform, cfg.context)
+    batcher = _Batcher(train_cases, aug, cfg.windows, cfg.seed, extra_transform, cfg.context, cfg.position)
+    n_pos = 2 if cfg.position else 0
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
-    spec = UNetSpec(in_channels=len(cfg.windows) * (2 * cfg.context + 1), num_classes=schema.num_classes,
+    spec = UNetSpec(in_channels=len(cfg.windows) * (2 * cfg.context + 1) + n_pos, num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
     # channels-last: the layout oneDNN (CPU, incl. AMX bf16) and cuDNN convolve fastest (a step of the
     # quick preset at crop 192 in bf16 on one CPU thread: 0.45 s -> 0.36 s)
@@ -388,7 +404,8 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     meta = {"architecture": spec.to_json(), "labels": schema.to_labels_dict(), "windows": list(cfg.windows),
-            "context": cfg.context, "downsample": cfg.downsample, "catch_all": catch_all, "config": to_dict(cfg),
+            "context": cfg.context, "position": cfg.position, "downsample": cfg.downsample, "catch_all": catch_all,
+            "config": to_dict(cfg),
             "config_hash": chash,
             "split": split, "datasets": [str(d) for d in datasets],
             "train_spacing_mm": float(np.median([c.spacing[0] for c in train_cases])),
@@ -420,7 +437,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                 if not cfg.marginal_loss:
                     ann = torch.ones_like(ann)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = net(window_channels(x, cfg.windows).contiguous(memory_format=torch.channels_last))
+                    logits = net(network_input(x, cfg.windows, n_pos).contiguous(memory_format=torch.channels_last))
                 loss = marginal_dice_ce(logits, y, ann, catch_all, cfg.dice_weight, cfg.ce_weight)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -439,7 +456,7 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                 for b in model.buffers():
                     torch.distributed.broadcast(b, 0)
             val = validation_dice(model, val_set, schema, cfg.windows, 2**spec.depth, device,
-                                  rank, world, distributed, cfg.context) if val_set else {}
+                                  rank, world, distributed, cfg.context, cfg.position) if val_set else {}
             organ_names = [schema.name(v) for v in organs]
             scores = [val[n] for n in organ_names if n in val]
             score = float(np.mean(scores)) if scores else float("nan")
