@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from styleseg.config import check_preset, config_hash, from_dict, to_dict
+from styleseg.config import check_preset, config_hash, from_dict, new_option, to_dict
 from styleseg.errors import ConfigError
 
 
@@ -38,6 +38,27 @@ def test_types_are_checked_and_nested_tables_built() -> None:
         from_dict(Outer, {"inner": {"lr": "fast"}})
     with pytest.raises(ConfigError, match=r"inner: unknown key 'lrr'"):
         from_dict(Outer, {"inner": {"lrr": 1.0}})
+
+
+@dataclass(frozen=True)
+class InnerV2(Inner):  # Inner after a release that added an option
+    smooth: bool = new_option(False)
+
+
+@dataclass(frozen=True)
+class OuterV2(Outer):
+    inner: InnerV2 = field(default_factory=InnerV2)
+    extra_steps: int = new_option(0)
+
+
+def test_a_new_option_at_its_default_keeps_old_hashes() -> None:
+    """Adding an option must not invalidate finished runs (a pipeline would redo hours of training): at its
+    default it is left out of the hash, nested too; set, it counts; to_dict still writes it."""
+    assert config_hash(OuterV2()) == config_hash(Outer())
+    assert config_hash(OuterV2(steps=3)) == config_hash(Outer(steps=3))
+    assert config_hash(OuterV2(extra_steps=1)) != config_hash(Outer())
+    assert config_hash(OuterV2(inner=InnerV2(smooth=True))) != config_hash(Outer())
+    assert to_dict(OuterV2())["extra_steps"] == 0 and to_dict(OuterV2())["inner"]["smooth"] is False
 
 
 def test_round_trip_and_hash() -> None:

@@ -6,7 +6,9 @@ and ``pipeline.ExperimentConfig`` composes them. This module provides what they 
 - :func:`from_dict` builds a dataclass from a mapping and rejects unknown keys with a "did you mean"
   hint naming the file and section (a config typo must never be silently ignored);
 - :func:`to_dict` / :func:`dump_toml` write the resolved config into run and model folders;
-- :func:`config_hash` gives the stable hash that lets a pipeline stage skip work it already did;
+- :func:`config_hash` gives the stable hash that lets a pipeline stage skip work it already did; options
+  added later are declared with :func:`new_option` and leave the hash alone at their default, so an
+  upgrade does not redo finished stages;
 - presets: ``"quick"`` (2 CPU cores, minutes) and ``"paper"`` (GPU, the paper's settings).
 """
 
@@ -75,9 +77,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+HASH_NEUTRAL = "hash_neutral"
+
+
+def new_option(default: Any) -> Any:
+    """A dataclass field for an option added after runs were made: at ``default`` (the behaviour from before
+    the option existed) it is left out of :func:`config_hash`, so adding it does not invalidate finished runs
+    and models; any other value changes the hash as usual. ``default`` must be immutable."""
+    return dataclasses.field(default=default, metadata={HASH_NEUTRAL: True})
+
+
+def _hashed(cfg: Any) -> Any:
+    """:func:`to_dict`, minus :func:`new_option` fields at their default (nested dataclasses too)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: _hashed(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get(HASH_NEUTRAL) and getattr(cfg, f.name) == f.default)}
+    if isinstance(cfg, tuple | list):
+        return [_hashed(x) for x in cfg]
+    if isinstance(cfg, Mapping):
+        return {str(k): _hashed(x) for k, x in cfg.items()}
+    return to_dict(cfg)
+
+
 def config_hash(cfg: Any, extra: Any = None) -> str:
-    """Stable 16-hex-digit hash of a config (and optional extra inputs, e.g. upstream hashes)."""
-    blob = json.dumps({"cfg": to_dict(cfg), "extra": extra}, sort_keys=True, default=str)
+    """Stable 16-hex-digit hash of a config (and optional extra inputs, e.g. upstream hashes). Options declared
+    with :func:`new_option` count only when set to something other than their default."""
+    blob = json.dumps({"cfg": _hashed(cfg), "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from styleseg.config import check_preset, config_hash, to_dict
+from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import CheckpointMismatch, ConfigError, InputError
 
 log = logging.getLogger("styleseg.seg.train")
@@ -74,7 +74,7 @@ class SegTrainConfig:
     context: int = 0
     # two position channels: each pixel's place in its slice's body box (-1..1, right to left and front to
     # back), so a crop showing one lung knows which side it is on (beyond the paper)
-    position: bool = False
+    position: bool = new_option(False)
 
     def __post_init__(self) -> None:
         from styleseg.data.slices import WINDOWS
