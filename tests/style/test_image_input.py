@@ -35,3 +35,64 @@ def test_image_input_generator_reads_the_source_slice(tmp_path):
     assert np.abs(a - b)[4:14, 4:14].max() > 0
     with pytest.raises(ValueError, match="source"):
         generate_volume(model, lab[None], None, 0, seed=5)
+
+
+def _skip_generator(tmp_path, hu, lab, **kw):
+    rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
+    cfg = GeneratorConfig(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0, image_input=True,
+                          **kw)
+    (folder,) = fit_generators(hu[None].astype(np.int16), lab[None], [hu], [lab], rec, tmp_path / "g", cfg,
+                               LabelSchema.default(), progress=False)
+    model, _ = load_generator(folder)
+    with torch.no_grad():  # no learned residual and no added noise: what passes through is left
+        model.out.weight.zero_()
+        model.out.bias.zero_()
+        model.noise_amp.zero_()
+    return model
+
+
+def test_source_skip_passes_the_source_anatomy_at_the_style_means(tmp_path):
+    """``source_skip``: a structure the label map does not show (a -120 HU pocket) reaches the output at
+    nearly full contrast, the segment means are exactly the style's, and the source's own noise is low-passed
+    away (sigma 1 px keeps ~1/(2 sqrt(pi)) of white noise)."""
+    rng = np.random.default_rng(0)
+    lab = np.zeros((48, 48), np.uint8)
+    lab[4:44, 4:44] = 6
+    lab[16:32, 16:32] = 3
+    hu = np.where(lab == 6, 30.0, np.where(lab == 3, 60.0, -1000.0))
+    model = _skip_generator(tmp_path, hu, lab, source_skip=True)
+    assert model.spec.source_skip and model.spec.source_sigma == 1.0
+    plain = _skip_generator(tmp_path / "plain", hu, lab)
+    src = hu + rng.normal(0, 10, lab.shape) * (lab > 0)
+    src[6:14, 6:14] -= 120.0
+    out = generate_volume(model, lab[None], src[None], 0, seed=5)[0].astype(float)
+    ref = generate_volume(plain, lab[None], src[None], 0, seed=5)[0].astype(float)
+    style_mean = {v: float(model.prior_hu[0, v]) for v in (3, 6)}
+    for v in (3, 6):
+        assert out[lab == v].mean() == pytest.approx(style_mean[v], abs=0.6)  # int16 rounding
+    body = out[lab == 6]
+    pocket = out[9:11, 9:11].mean() - np.median(body)
+    assert pocket < -100  # the pocket passes through (blurred by 1 px)
+    assert abs(ref[9:11, 9:11].mean() - np.median(ref[lab == 6])) < 1  # without the skip it does not
+    quiet = out[36:42, 36:42]
+    assert 1.0 < quiet.std() < 4.5  # source noise std 10 HU, low-passed
+
+
+def test_source_skip_needs_image_input():
+    from styleseg.errors import ConfigError
+    from styleseg.style.generator import GeneratorSpec
+
+    with pytest.raises(ConfigError, match="source_skip"):
+        GeneratorConfig(source_skip=True)
+    with pytest.raises(ValueError, match="source_skip"):
+        GeneratorSpec(num_classes=8, source_skip=True)
+
+
+def test_gaussian_blur_keeps_constants_and_sigma_zero_is_identity():
+    from styleseg.style.generator import gaussian_blur
+
+    x = torch.full((2, 1, 9, 12), 37.0)
+    torch.testing.assert_close(gaussian_blur(x, 1.5), x)
+    y = torch.randn(1, 1, 16, 16)
+    assert gaussian_blur(y, 0.0) is y
+    assert gaussian_blur(y, 1.0).std() < 0.5 * y.std()

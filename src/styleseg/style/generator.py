@@ -33,6 +33,13 @@ Output formulations (``GeneratorSpec.output``):
   anatomy-dependent part (edges, blur). The filter and amplitudes are initialised from the style slice
   (``init_texture``; :func:`styleseg.style.train.texture_init`) and refined by the VGG losses.
 - ``"tanh"`` (the first version; still loadable): ``HU = centre + half * tanh(z + prior)``.
+
+``source_skip`` (residual output with ``image_input``; beyond the paper): the source slice itself passes
+through, ``HU = S + (P[style, label] - mean_seg(S)) + r - mean_seg(r)``: every segment still gets exactly the
+style slice's mean, but the anatomy inside a segment that the label map does not draw (vessels, the
+vertebra, the oesophageal lumen) is the source's instead of being redrawn, and the network learns only the
+change of texture. ``S`` is the source low-passed by a Gaussian of ``source_sigma`` pixels, so that the
+source's own noise texture does not pass through with it (the style's noise is added by the colouring filter).
 """
 
 from __future__ import annotations
@@ -71,10 +78,16 @@ class GeneratorSpec:
     # smoothed HU is >= bone_hu (0: none); see :func:`add_bone_segment`
     bone_hu: float = 0.0
     body_value: int = -1
+    source_skip: bool = False
+    source_sigma: float = 1.0  # px: Gaussian low-pass of the source that passes through (its own noise removed)
 
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
             raise ValueError(f"output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.source_skip and not (self.image_input and self.output == "residual"):
+            raise ValueError("source_skip needs image_input=True and the residual output")
+        if self.source_sigma < 0:
+            raise ValueError("source_sigma must be >= 0")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
             raise ValueError("noise_kernel must be a positive odd number")
 
@@ -86,6 +99,19 @@ class GeneratorSpec:
         d = dict(d)
         d.setdefault("output", "tanh")  # folders written before the residual formulation existed
         return cls(**d)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian low-pass of (B, 1, H, W) with reflect padding (``sigma`` in pixels; 0: unchanged)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(np.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.reshape(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.reshape(1, 1, -1, 1))
 
 
 BONE_SMOOTH_PX = 1.5
@@ -272,6 +298,12 @@ class StyleGenerator(nn.Module):
         seg_mean = (r * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)  # (B, K)
         r = r - torch.gather(seg_mean, 1, lab_c.flatten(1)).reshape(r.shape)
         hu = self.prior_hu[style[:, None, None], lab_c][:, None] + r
+        if self.spec.source_skip:  # the source's anatomy within each segment, moved to the style's segment means
+            assert source_hu is not None  # make_input has checked
+            src = gaussian_blur(source_hu.float().clamp(self.spec.hu_min, self.spec.hu_max),
+                                self.spec.source_sigma)[:, :, :h, :w]
+            src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
+            hu = hu + src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
         return hu.clamp(self.spec.hu_min, self.spec.hu_max)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from styleseg.config import check_preset, config_hash, to_dict
+from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import (
@@ -120,6 +120,9 @@ class GeneratorConfig:
     base: int = 16
     n_res: int = 3
     image_input: bool = False
+    # with image_input: the source slice passes through, the network changes only its texture (generator.py)
+    source_skip: bool = new_option(False)
+    source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
     bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
     conditional: bool = False
     bf16: bool = False
@@ -141,6 +144,9 @@ class GeneratorConfig:
             raise ConfigError("[generators]: steps, batch and lr must be positive")
         if self.output not in ("residual", "tanh"):
             raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.source_skip and not (self.image_input and self.output == "residual"):
+            raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
+                              "passes through) and output = 'residual'")
         if self.noise_init not in ("nps", "white"):
             raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
         if self.nps_weight < 0 or self.nps_roi < 8:
@@ -306,7 +312,8 @@ def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Ten
     spec = GeneratorSpec(num_classes=num_classes, base=cfg.base, n_res=cfg.n_res, n_styles=n_styles,
                          conditional=cfg.conditional, image_input=cfg.image_input, output=cfg.output,
                          noise_kernel=cfg.noise_kernel, bone_hu=cfg.bone_hu if body >= 0 else 0.0,
-                         body_value=body)
+                         body_value=body, source_skip=cfg.source_skip,
+                         source_sigma=cfg.source_sigma)
     seed_everything(cfg.seed)
     model = StyleGenerator(spec)
     model.init_prior(means.cpu(), targets.present.cpu())
