@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from styleseg.config import check_preset, config_hash, from_dict, new_option, to_dict
+from styleseg.config import check_preset, config_hash, from_dict, hash_view, new_option, to_dict
 from styleseg.errors import ConfigError
 
 
@@ -59,6 +59,25 @@ def test_a_new_option_at_its_default_keeps_old_hashes() -> None:
     assert config_hash(OuterV2(extra_steps=1)) != config_hash(Outer())
     assert config_hash(OuterV2(inner=InnerV2(smooth=True))) != config_hash(Outer())
     assert to_dict(OuterV2())["extra_steps"] == 0 and to_dict(OuterV2())["inner"]["smooth"] is False
+
+
+def test_stage_configs_built_with_hash_view_keep_old_hashes() -> None:
+    """Pipeline stages hash mappings such as {"seg": cfg, "arm": ...}: built with hash_view, a new option at
+    its default leaves them alone; built with to_dict it would not (the pipeline must not do that)."""
+    import inspect
+    import re
+
+    from styleseg import pipeline
+    from styleseg.seg.train import SegTrainConfig
+    from styleseg.style.train import GeneratorConfig
+
+    assert config_hash({"seg": hash_view(OuterV2()), "arm": "a"}) == config_hash({"seg": to_dict(Outer()), "arm": "a"})
+    assert config_hash({"seg": to_dict(OuterV2()), "arm": "a"}) != config_hash({"seg": to_dict(Outer()), "arm": "a"})
+    for cfg, new in ((SegTrainConfig(), "position"), (GeneratorConfig(), "source_skip")):
+        old = {k: v for k, v in to_dict(cfg).items() if k not in (new, "source_sigma")}
+        assert config_hash({"seg": hash_view(cfg)}) == config_hash({"seg": old})
+    src = inspect.getsource(pipeline)
+    assert not re.search(r"_stage\([^\n]*to_dict\(", src), "a pipeline stage hashes to_dict(...): use hash_view"
 
 
 def test_round_trip_and_hash() -> None:

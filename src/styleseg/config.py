@@ -87,22 +87,23 @@ def new_option(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={HASH_NEUTRAL: True})
 
 
-def _hashed(cfg: Any) -> Any:
-    """:func:`to_dict`, minus :func:`new_option` fields at their default (nested dataclasses too)."""
+def hash_view(cfg: Any) -> Any:
+    """:func:`to_dict`, minus :func:`new_option` fields at their default (nested dataclasses too): what a
+    stage hashes. Build stage configs from this, not from :func:`to_dict` (which keeps every field)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: _hashed(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+        return {f.name: hash_view(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
                 if not (f.metadata.get(HASH_NEUTRAL) and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, tuple | list):
-        return [_hashed(x) for x in cfg]
+        return [hash_view(x) for x in cfg]
     if isinstance(cfg, Mapping):
-        return {str(k): _hashed(x) for k, x in cfg.items()}
+        return {str(k): hash_view(x) for k, x in cfg.items()}
     return to_dict(cfg)
 
 
 def config_hash(cfg: Any, extra: Any = None) -> str:
     """Stable 16-hex-digit hash of a config (and optional extra inputs, e.g. upstream hashes). Options declared
     with :func:`new_option` count only when set to something other than their default."""
-    blob = json.dumps({"cfg": _hashed(cfg), "extra": extra}, sort_keys=True, default=str)
+    blob = json.dumps({"cfg": hash_view(cfg), "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

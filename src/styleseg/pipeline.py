@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from styleseg.config import check_preset, dump_toml, from_dict, load_toml, to_dict
+from styleseg.config import check_preset, dump_toml, from_dict, hash_view, load_toml, to_dict
 from styleseg.errors import ConfigError, InputError
 from styleseg.io.atomic import write_json, write_text
 from styleseg.stages import StageRunner
@@ -333,7 +333,7 @@ class Experiment:
                 self._simulated_target(tgt)
             else:
                 self._import_side(c.target, c.target_dataset, c.target_cases, tgt)
-        self._stage("data", to_dict(c) | {"seed": self.cfg.seed}, [], [src, tgt], build_real)
+        self._stage("data", hash_view(c) | {"seed": self.cfg.seed}, [], [src, tgt], build_real)
 
     def _import_side(self, paths: tuple[str, ...], dataset: str | None, cases: tuple[str, ...], out: Path) -> None:
         import shutil
@@ -398,7 +398,7 @@ class Experiment:
             subset_dataset(self.d / "target", pool, pool_dir, name="target style pool")
             subset_dataset(self.d / "target", test, test_dir, name="target test set")
             write_json(self.run / "split.json", {"style_pool": pool, "test": test})
-        self._stage("split", {"data": to_dict(self.cfg.data), "seed": self.cfg.seed}, ["data"],
+        self._stage("split", {"data": hash_view(self.cfg.data), "seed": self.cfg.seed}, ["data"],
                     [pool_dir, test_dir, self.run / "split.json"], build)
 
     def stage_styles(self) -> None:
@@ -431,7 +431,7 @@ class Experiment:
             if self.fresh and out.exists():
                 shutil.rmtree(out)
             train_generators(self.d / "source", self.run / "styles", out, gcfg, resume=True)
-        self._stage(name, to_dict(gcfg), ["data", "styles"], [out], build)
+        self._stage(name, hash_view(gcfg), ["data", "styles"], [out], build)
         return out
 
     def stage_augment(self, conditional: bool, generators: Path) -> Path:
@@ -558,7 +558,7 @@ class Experiment:
                 log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
                 shutil.rmtree(out)
                 train_segmentation(datasets, out, scfg, resume=False, extra_transform=self.arm_transform(arm))
-        self._stage(f"train_{arm}", {"seg": to_dict(scfg), "arm": arm}, upstream, [out / "model.json"], build)
+        self._stage(f"train_{arm}", {"seg": hash_view(scfg), "arm": arm}, upstream, [out / "model.json"], build)
         return out
 
     def stage_predict_arm(self, arm: str, model: Path, upstream: list[str]) -> Path:
