@@ -8,6 +8,7 @@ from styleseg.style.losses import (
     gram,
     resize_mask,
     segment_content_loss,
+    segment_grams,
     segment_masks,
     segment_mean_loss,
     segment_style_loss,
@@ -42,6 +43,28 @@ def test_mask_is_area_resized_to_the_layer():
     f = _feat()
     want = (1.0 * torch.tensor([[1.0, 0], [0, 0]]) + 0.25 * torch.tensor([[16.0, 0], [0, 0]])) / 1.25
     assert torch.allclose(gram(f, m[:, 1:2])[0], want)
+
+
+def test_segment_grams_on_supports_equal_masked_whole_map_grams():
+    """segment_grams gathers each segment's support instead of masking the whole map once per segment: same
+    Grams, areas and gradients, at full and at coarser (soft-mask) layers, with an absent segment."""
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randint(0, 5, (2, 6, 6), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)  # (2, 24, 24)
+    lab[1][lab[1] == 3] = 2  # segment 3 absent from slice 1
+    masks = segment_masks(lab, 5).double()
+    for size in (24, 12, 7):
+        f = torch.randn(2, 3, size, size, dtype=torch.float64, generator=g, requires_grad=True)
+        got, areas = segment_grams(f, masks)
+        m = resize_mask(masks, (size, size))
+        want = torch.stack([gram(f, m[:, k:k + 1]) for k in range(5)], dim=1)
+        assert got.shape == (2, 5, 3, 3)
+        assert torch.allclose(got, want, atol=1e-12)
+        assert torch.allclose(areas, m.flatten(2).sum(2))
+        assert torch.equal(got[1, 3], torch.zeros(3, 3))
+        w = torch.randn(2, 5, 3, 3, dtype=torch.float64, generator=g)
+        (ga,) = torch.autograd.grad((got * w).sum(), f)
+        (gb,) = torch.autograd.grad((want * w).sum(), f)
+        assert torch.allclose(ga, gb, atol=1e-12)
 
 
 def test_style_loss_hand_computed():
