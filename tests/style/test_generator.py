@@ -180,3 +180,23 @@ def test_bad_style_inputs(tiny_source, tiny_styles, tmp_path):
     assert not (tmp_path / "g").exists()
     with pytest.raises(InputError, match="holds no generator folders"):
         augment(tiny_source, tmp_path, tmp_path / "aug2", progress=False)
+
+
+def test_paper_preset_trains_on_native_spacing_crops_of_whole_slices():
+    """The paper preset keeps the paper's pixels (no resampling) and saves time with crops: each training
+    sample is an exact sub-array of a 512 x 512 source slice, and a step holds as many pixels as 4 whole slices."""
+    cfg = GeneratorConfig.preset("paper")
+    assert cfg.epochs == 100 and cfg.crop < 512 and cfg.batch * cfg.crop ** 2 == 4 * 512 ** 2
+    rng = np.random.default_rng(0)
+    images = rng.integers(-1000, 1000, (3, 512, 512)).astype(np.int16)
+    labels = np.zeros((3, 512, 512), np.uint8)
+    labels[:, 100:400, 120:380] = 6
+    imgs, labs = train_mod.sample_batch(train_mod._Source(images, labels), cfg.crop, cfg.batch, 0, 7)
+    assert imgs.shape == labs.shape == (cfg.batch, cfg.crop, cfg.crop)
+    for img, lab in zip(imgs, labs, strict=True):
+        hits = [(i, y, x) for i in range(3) for y in range(512 - cfg.crop + 1)
+                for x in ((images[i, y, :512 - cfg.crop + 1] == img[0, 0]).nonzero()[0])
+                if np.array_equal(images[i, y:y + cfg.crop, x:x + cfg.crop], img)]
+        assert len(hits) == 1
+        i, y, x = hits[0]
+        assert np.array_equal(labels[i, y:y + cfg.crop, x:x + cfg.crop], lab)
