@@ -12,6 +12,11 @@ from the step times in its train_log.jsonl after ``--warmup`` steps:
 
     .venv/bin/python benchmarks/bench_generator.py --full --preset paper --device cuda --steps 40
     .venv/bin/python benchmarks/bench_generator.py --full --preset paper --device cuda --steps 40 --conditional
+
+``--grams`` times the segment-wise Gram matrices alone (``losses.segment_grams``, forward + backward) at the
+feature sizes of the five style layers for a ``--size`` input, 8 segments:
+
+    .venv/bin/python benchmarks/bench_generator.py --grams --size 256 --batch 2 --threads 1
 """
 
 from __future__ import annotations
@@ -49,9 +54,13 @@ def main() -> None:
     ap.add_argument("--conditional", action="store_true", help="--full: one conditional generator for --styles")
     ap.add_argument("--styles", type=int, default=6)
     ap.add_argument("--slice", type=int, default=512, help="--full: phantom slice size (px)")
+    ap.add_argument("--grams", action="store_true", help="time segment_grams alone at the style layers' sizes")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.grams:
+        grams(a)
+        return
     if a.full:
         full(a)
         return
@@ -107,6 +116,36 @@ def main() -> None:
     sep = 6 * 700 * 100 / sps
     print(f"estimate, 6 styles x 700 slices x 100 epochs at this speed: separate {sep / 3600:.2f} h, "
           f"conditional (2 x one generator's steps) {sep / 3 / 3600:.2f} h")
+
+
+def grams(a: argparse.Namespace) -> None:
+    """Forward + backward of segment_grams per style layer (relu1_1..relu5_1 sizes), 8 segments in 8-px blocks."""
+    from styleseg.style.losses import segment_grams
+
+    size, batch, k = a.size or 256, a.batch or 2, 8
+    dev = torch.device(a.device)
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randint(0, k, (batch, size // 8, size // 8), generator=g)
+    lab = lab.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    masks = segment_masks(lab.to(dev), k)
+    print("| device | input | batch | layer | features | s fwd+bwd |")
+    print("|---|---|---|---|---|---|")
+    total = 0.0
+    for name, c, div in (("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8),
+                         ("relu5_1", 512, 16)):
+        f = torch.randn(batch, c, size // div, size // div, generator=g).to(dev).requires_grad_()
+        for i in range(a.warmup + a.steps):
+            if i == a.warmup:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            segment_grams(f, masks)[0].square().sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / a.steps
+        total += dt
+        print(f"| {a.device} | {size} | {batch} | {name} | {c} x {size // div}^2 | {dt:.3f} |")
+    print(f"| | | | all five | | {total:.3f} |")
 
 
 def full(a: argparse.Namespace) -> None:
