@@ -27,6 +27,21 @@ def test_body_frame_is_the_body_box():
     np.testing.assert_allclose(fr[1], [19.5, 23.5, 20.0, 24.0])  # no body: the whole slice
 
 
+def test_body_frame_survives_low_dose_noise():
+    """A chest of an 8-px wall of fat (-100 HU) around lungs (-850 HU) and a mediastinum, with 250 HU of white
+    noise (the noisiest generated style of the demo): unsmoothed, the opening in derive_body breaks the thin wall
+    and the frame shrinks to a fragment; the 2-px low-pass of body_frame finds the whole body box."""
+    rng = np.random.default_rng(0)
+    hu = np.full((96, 128), -1000.0, np.float32)
+    hu[20:80, 10:118] = -100.0
+    hu[28:72, 18:110] = -850.0
+    hu[28:72, 56:72] = 40.0
+    hu += rng.normal(0, 250, hu.shape).astype(np.float32)
+    want = [49.5, 63.5, 29.5, 53.5]  # rows 20-79, columns 10-117
+    np.testing.assert_allclose(body_frame(hu)[0], want, atol=1.0)
+    assert np.abs(body_frame(hu, smooth_px=0.0)[0] - want).max() > 10
+
+
 def test_position_maps_run_minus_one_to_one_across_the_body():
     fr = body_frame(_slab())[0]
     p = position_maps(fr, np.arange(40)[:, None], np.arange(48)[None, :])
@@ -99,6 +114,21 @@ def test_position_model_folder_and_prediction(position_model):
     assert lab.shape == arr.shape and lab.dtype == np.uint8
     parts = list(p.predict_chunks(np.array_split(arr.astype(np.float32), [2, 3])))
     np.testing.assert_array_equal(np.concatenate(parts), lab)
+
+
+def test_models_trained_before_the_low_pass_keep_their_frames(position_model, tmp_path):
+    """model.json records the low-pass the frames were found with; a model without the entry (trained before
+    it existed) is given unsmoothed frames, as in its training."""
+    import shutil
+
+    assert json.loads((position_model / "model.json").read_text())["position_smooth_px"] == 2.0
+    assert Predictor(position_model).position_smooth_px == 2.0
+    old = tmp_path / "old"
+    shutil.copytree(position_model, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["position_smooth_px"]
+    (old / "model.json").write_text(json.dumps(meta))
+    assert Predictor(old).position_smooth_px == 0.0
 
 
 def test_inference_feeds_the_unpadded_positions(position_model):

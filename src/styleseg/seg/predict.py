@@ -48,10 +48,22 @@ def network_input(x: torch.Tensor, windows: Sequence[str], n_position: int = 0) 
     return torch.cat([window_channels(x[:, :-n_position], windows), x[:, -n_position:]], dim=1)
 
 
-def body_frame(hu: np.ndarray) -> np.ndarray:
+FRAME_SMOOTH_PX = 2.0  # Gaussian low-pass before the body threshold of body_frame (model.json "position_smooth_px")
+
+
+def body_frame(hu: np.ndarray, smooth_px: float = FRAME_SMOOTH_PX) -> np.ndarray:
     """(N, 4) float: for each HU slice of ``hu`` (N, H, W) the centre and half-extent (cy, cx, hy, hx), in
-    pixels, of the bounding box of its body (:func:`styleseg.labels.derive_body`, slice by slice); the whole
-    slice where no body is found. The frame of the position channels."""
+    pixels, of the bounding box of its body (:func:`styleseg.labels.derive_body`, slice by slice, on the slice
+    low-passed by a Gaussian of ``smooth_px``); the whole slice where no body is found. The frame of the
+    position channels.
+
+    The low-pass keeps noise from breaking the body: on low-dose and generated slices, fat at -100 HU with
+    ~100 HU of noise falls below the -400 HU threshold often enough that the opening inside ``derive_body``
+    split the torso, and the frame shrank to a fragment (a quarter of the demo's augmented slices, one style
+    entirely; none with 1-2 px of low-pass). Models trained before it (no ``position_smooth_px`` in their
+    model.json) are given frames without it, as they were trained."""
+    from scipy import ndimage as ndi
+
     from styleseg.labels import derive_body
 
     hu = np.asarray(hu)
@@ -59,6 +71,8 @@ def body_frame(hu: np.ndarray) -> np.ndarray:
         hu = hu[None]
     out = np.empty((hu.shape[0], 4))
     for i, s in enumerate(hu):
+        if smooth_px > 0:
+            s = ndi.gaussian_filter(np.asarray(s, np.float32), smooth_px)
         ys, xs = np.nonzero(derive_body(s))
         if ys.size == 0:
             h, w = s.shape
@@ -113,11 +127,11 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str],
                  downsample: int = 1, device: torch.device | str = "cpu", batch_size: int = 8,
                  dtype: str = "float32", channels_last: bool = False, context: int = 0,
                  before: np.ndarray | None = None, after: np.ndarray | None = None,
-                 position: bool = False) -> np.ndarray:
+                 position: bool = False, position_smooth_px: float = FRAME_SMOOTH_PX) -> np.ndarray:
     """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid. ``context`` > 0: 2.5D
     models, see :func:`context_stack` (``before``/``after``: neighbouring slices outside ``hu``).
     ``position``: the model also reads two position channels (:func:`position_maps`) in each slice's body
-    frame, found on the (downsampled) slice as in training."""
+    frame, found on the (downsampled) slice as in training (``position_smooth_px``: see :func:`body_frame`)."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     autocast = dtype == "bfloat16"
@@ -127,7 +141,7 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, windows: Sequence[str],
         x = torch.from_numpy(np.ascontiguousarray(xs, np.float32)).to(device)
         h, w = x.shape[-2:]
         x = downsample_hu(x, downsample)
-        frames = body_frame(x[:, context].cpu().numpy()) if position else None
+        frames = body_frame(x[:, context].cpu().numpy(), position_smooth_px) if position else None
         x, pads = pad_multiple(x, multiple, AIR_HU)
         x = window_channels(x, windows)
         if frames is not None:
@@ -181,6 +195,7 @@ class Predictor:
         self.windows = tuple(self.meta.get("windows", ("soft_tissue",)))
         self.context = int(self.meta.get("context", 0))
         self.position = bool(self.meta.get("position", False))
+        self.position_smooth_px = float(self.meta.get("position_smooth_px", 0.0))  # older models: none
         self.downsample = int(self.meta.get("downsample", 1))
         self.batch_size = batch_size
         self.dtype = dtype
@@ -198,7 +213,7 @@ class Predictor:
             hu = hu[None]
         return infer_slices(self.model, hu, self.windows, 2**self.spec.depth, self.downsample, self.device,
                             self.batch_size, self.dtype, self.channels_last, self.context, before, after,
-                            self.position)
+                            self.position, self.position_smooth_px)
 
     def predict_chunks(self, chunks: Any) -> Any:
         """Stream a volume: an iterable of consecutive HU chunks (n_i, H, W) -> yields their labels, chunk by

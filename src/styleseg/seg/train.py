@@ -404,8 +404,11 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                                                         else None)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    from styleseg.seg.predict import FRAME_SMOOTH_PX
+
     meta = {"architecture": spec.to_json(), "labels": schema.to_labels_dict(), "windows": list(cfg.windows),
             "context": cfg.context, "position": cfg.position, "downsample": cfg.downsample, "catch_all": catch_all,
+            **({"position_smooth_px": FRAME_SMOOTH_PX} if cfg.position else {}),
             "config": to_dict(cfg),
             "config_hash": chash,
             "split": split, "datasets": [str(d) for d in datasets],
