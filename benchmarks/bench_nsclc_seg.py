@@ -79,8 +79,7 @@ def main() -> None:
     ap.add_argument("--test", default=",".join(TEST),
                     help="comma-separated test patients (the other NSCLC patients train); use a fresh --work per split")
     ap.add_argument("--context", type=int, default=None, help="2.5D: neighbouring slices per side as channels")
-    ap.add_argument("--position", action=argparse.BooleanOptionalAction, default=True,
-                    help="two position channels (x, y in the body box); on in the presets since session 5")
+    ap.add_argument("--position", action="store_true", help="two position channels (x, y in the body box)")
     ap.add_argument("--tag", default="quick", help="model folder name suffix (model_<tag>)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model folder as it is now")
     args = ap.parse_args()

@@ -41,9 +41,9 @@ from styleseg.stages import StageRunner
 
 log = logging.getLogger("styleseg.pipeline")
 
-#: every arm of issue 6, in report order
+#: every arm of issue 6, plus the position-channel U-Net (session 5), in report order
 ALL_ARMS = ("baseline", "intensity", "histmatch", "fda", "styleseg", "styleseg_cond", "oracle", "denoise",
-            "lowres")
+            "lowres", "position")
 ARM_TITLES = {
     "baseline": "U-Net 1: source only (baseline)",
     "intensity": "intensity augmentation (nnU-Net-like)",
@@ -54,6 +54,7 @@ ARM_TITLES = {
     "oracle": "oracle: source anatomy with true target texture",
     "denoise": "denoise target, then baseline",
     "lowres": "low resolution (4x downsampled)",
+    "position": "source only, U-Net with position channels",
 }
 
 
@@ -514,7 +515,7 @@ class Experiment:
 
     def arm_datasets(self, arm: str, aug: dict[str, Path], oracle: Path | None) -> list[Path] | None:
         src = self.d / "source"
-        if arm in ("baseline", "intensity", "histmatch", "fda", "lowres"):
+        if arm in ("baseline", "intensity", "histmatch", "fda", "lowres", "position"):
             return [src]
         if arm == "styleseg":
             return [aug["separate"]]
@@ -541,7 +542,8 @@ class Experiment:
 
     def stage_train_arm(self, arm: str, datasets: list[Path], upstream: list[str]) -> Path:
         out = self.run / "arms" / arm / "model"
-        scfg = self.cfg.seg_config(downsample=4) if arm == "lowres" else self.cfg.seg_config()
+        changes = {"lowres": {"downsample": 4}, "position": {"position": True}}.get(arm, {})
+        scfg = self.cfg.seg_config(**changes)
 
         def build() -> None:
             import shutil

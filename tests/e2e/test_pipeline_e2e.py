@@ -92,6 +92,10 @@ def test_whole_pipeline_every_arm_then_rerun_skips(tmp_path: Path) -> None:
         assert "lung_left" in m["mean"]
         if arm != "baseline":
             assert "comparison" in m
+    # the position arm is the baseline's U-Net plus two position channels; every other arm keeps the paper's
+    meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text()) for a in ("baseline", "position")}
+    assert meta["position"]["position"] and not meta["baseline"]["position"]
+    assert meta["position"]["architecture"]["in_channels"] == meta["baseline"]["architecture"]["in_channels"] + 2
     # m x (n+1): 3 source cases x (2 styles + original)
     aug = json.loads((run / "data" / "aug_separate" / "dataset.json").read_text())
     assert len(aug["styleseg"]["cases"]) == 3 * 3

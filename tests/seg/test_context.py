@@ -70,8 +70,7 @@ def context_model(tmp_path_factory, toy_dataset):
 
 def test_context_model_folder(context_model):
     meta = json.loads((context_model / "model.json").read_text())
-    # 2 windows x (1 + 2 x 2 neighbours) image channels + the preset's 2 position channels
-    assert meta["context"] == 2 and meta["position"] and meta["architecture"]["in_channels"] == 2 * 5 + 2
+    assert meta["context"] == 2 and meta["architecture"]["in_channels"] == 2 * 5
     assert Predictor(context_model).context == 2
 
 

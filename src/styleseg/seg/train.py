@@ -73,8 +73,8 @@ class SegTrainConfig:
     # at the ends of a volume the edge slice is repeated
     context: int = 0
     # two position channels: each pixel's place in its slice's body box (-1..1, right to left and front to
-    # back), so a crop showing one lung knows which side it is on (beyond the paper). On in both presets since
-    # session 5; the field's own default stays False so that configs hashed before it existed keep their hash
+    # back), so a crop showing one lung knows which side it is on (beyond the paper). Off in the presets, which
+    # keep the paper's U-Net for the comparison of arms; the pipeline's "position" arm turns it on
     position: bool = new_option(False)
 
     def __post_init__(self) -> None:
@@ -97,8 +97,8 @@ class SegTrainConfig:
     def preset(cls, name: str) -> SegTrainConfig:
         check_preset(name)
         if name == "quick":
-            return cls(position=True)
-        return cls(preset_name="paper", base_channels=64, depth=4, crop=512, batch_size=16, epochs=30, position=True,
+            return cls()
+        return cls(preset_name="paper", base_channels=64, depth=4, crop=512, batch_size=16, epochs=30,
                    steps_per_epoch=0, lr=1e-3, amp="bf16", patience=10)
 
     @property
