@@ -92,3 +92,19 @@ def test_preset_names() -> None:
     assert check_preset("quick") == "quick"
     with pytest.raises(ConfigError, match="did you mean 'paper'"):
         check_preset("papr")
+
+
+def test_every_example_experiment_loads_and_resolves():
+    """examples/*.toml parse and build every stage config (a typo or a renamed option fails here, not after an
+    hour of training); data paths are only checked when a run starts."""
+    from pathlib import Path
+
+    from styleseg.pipeline import load_experiment
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+    assert len(examples) >= 5
+    for p in examples:
+        cfg = load_experiment(p)
+        assert cfg.arms, p
+    pos = load_experiment(examples[0].with_name("real-ct-position-oracle.toml"))
+    assert pos.seg_config().position and set(pos.arms) == {"baseline", "oracle", "denoise"}
