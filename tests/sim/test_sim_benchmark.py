@@ -101,3 +101,24 @@ def test_cli_errors_are_one_line(bench, tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "s" / "dataset.json").read_text())["styleseg"]["meta"]
     assert meta["simulated"]["protocol"]["name"] == "low-dose-smooth"
+
+
+def test_simulate_a_noise_free_image_simulates_the_full_noise(tmp_path):
+    """A synthetic water cylinder (no acquisition noise) has no reference dose to add noise to: it is re-imaged
+    as a clean input, with the protocol's whole noise (it used to crash with ZeroDivisionError)."""
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.volume import Volume
+    from styleseg.labels import LabelSchema
+
+    yy, xx = np.mgrid[:192, :192]
+    water = (yy - 96) ** 2 + (xx - 96) ** 2 < 80**2
+    hu = np.where(water, 0, -1000).astype(np.int16)[None]
+    with DatasetWriter(tmp_path / "cyl", "cylinder", LabelSchema.default()) as w:
+        w.add_case("cyl", Volume(hu, (0.8, 0.8, 5.0)))
+    res = CliRunner().invoke(app, ["simulate", str(tmp_path / "cyl"), "--protocol", "low-dose-sharp",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    out = Dataset(tmp_path / "out").load_image("cyl").array[0].astype(float)
+    inner = (yy - 96) ** 2 + (xx - 96) ** 2 < 50**2
+    assert abs(out[inner].mean()) < 15  # still water
+    assert 20 < out[inner].std() < 400  # with the noise of a quarter-dose sharp-kernel scan

@@ -350,7 +350,11 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
     out = np.empty(arr.shape, np.float32)
     i0_scale = 1.0
     if not noise_free_input and prot.dose_fraction < 1.0:
-        i0_scale = _calibrate_real(arr[arr.shape[0] // 2], spacing_mm, geom, prot, input_noise_hu)
+        scale = _calibrate_real(arr[arr.shape[0] // 2], spacing_mm, geom, prot, input_noise_hu)
+        if scale is None:  # no noise to calibrate against: a synthetic image, simulated in full
+            noise_free_input = True
+        else:
+            i0_scale = scale
     for start in range(0, arr.shape[0], batch):
         chunk = arr[start:start + batch]
         mu = MU_WATER_PER_MM * spacing_mm * (1.0 + np.maximum(chunk, -1000.0) / 1000.0)  # per pixel
@@ -375,9 +379,15 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
     return out[0] if squeeze else out
 
 
+#: an input whose soft-tissue noise is below this (HU) carries no acquisition noise: it is simulated in full
+NOISE_FREE_HU = 0.5
+
+
 def _calibrate_real(hu: np.ndarray, spacing_mm: float, geom: Geometry, prot: Protocol,
-                    input_noise_hu: float | None) -> float:
-    """I0 scale that makes the simulated reference-dose standard-kernel noise match the input's noise."""
+                    input_noise_hu: float | None) -> float | None:
+    """I0 scale that makes the simulated reference-dose standard-kernel noise match the input's noise, or
+    None when the input has no measurable noise (a synthetic image, e.g. a water cylinder written as NIfTI):
+    there is no reference dose to add noise to, so the caller simulates the protocol's full noise."""
     from styleseg.sim.nps import slice_nps
 
     if input_noise_hu is None:
@@ -386,6 +396,10 @@ def _calibrate_real(hu: np.ndarray, spacing_mm: float, geom: Geometry, prot: Pro
         except ValueError:
             log.warning("no soft-tissue ROI to measure the input noise; assuming the reference dose")
             return 1.0
+    if not input_noise_hu > NOISE_FREE_HU:
+        log.info("input noise %.2g HU: a noise-free image, simulated as one (the protocol's full noise)",
+                 input_noise_hu)
+        return None
     mu = MU_WATER_PER_MM * spacing_mm * (1.0 + np.maximum(hu, -1000.0) / 1000.0)
     pf = project_fourier(mu[None], geom)
     dp = _noise(fourier_to_sinogram(pf, geom)[0], I0_REF * prot.slice_mm / REF_SLICE_MM, 0.0,
