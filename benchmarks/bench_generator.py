@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import torch
 
@@ -65,21 +64,21 @@ def main() -> None:
         full(a)
         return
     a.size = a.size or 256
-    cfg = replace(GeneratorConfig.preset(a.preset), crop=a.size, bf16=a.bf16)
-    batch = a.batch or cfg.batch
+    cfg = GeneratorConfig.preset(a.preset).replace(crop=a.size, bf16=a.bf16)
+    batch = a.batch or cfg.optim.batch
     dev = torch.device(a.device)
     k = 7
-    layers = tuple(dict.fromkeys((*cfg.style_layers, *cfg.content_layers)))
+    layers = tuple(dict.fromkeys((*cfg.loss.style_layers, *cfg.loss.content_layers)))
     vgg = VGG19Features(a.vgg_weights, layers=layers).to(dev)
-    g = StyleGenerator(GeneratorSpec(num_classes=k, base=cfg.base, n_res=cfg.n_res,
-                                     noise_kernel=cfg.noise_kernel)).to(dev)
-    opt = torch.optim.Adam(g.parameters(), lr=cfg.lr)
+    g = StyleGenerator(GeneratorSpec(num_classes=k, base=cfg.arch.base, n_res=cfg.arch.n_res,
+                                     noise_kernel=cfg.arch.noise_kernel)).to(dev)
+    opt = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr)
     lab = torch.randint(0, k, (batch, a.size, a.size), device=dev)
     o = torch.randn(batch, 1, a.size, a.size, device=dev) * 100
     masks = segment_masks(lab, k)
     with torch.no_grad():
         f = vgg(ct_to_vgg_input(o[:1]))
-        t = style_targets({n: f[n].float() for n in cfg.style_layers}, masks[:1], cfg.style_layers)
+        t = style_targets({n: f[n].float() for n in cfg.loss.style_layers}, masks[:1], cfg.loss.style_layers)
     means = torch.zeros(1, k, device=dev)
     amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=a.bf16)
 
@@ -91,9 +90,9 @@ def main() -> None:
                 fo = vgg(ct_to_vgg_input(o))
         fr = {n: v.float() for n, v in fr.items()}
         fo = {n: v.float() for n, v in fo.items()}
-        loss = (cfg.alpha * segment_content_loss(fr, fo, masks, cfg.content_layers)
-                + cfg.beta * segment_style_loss(fr, masks, t, cfg.style_layers, cfg.style_weights)
-                + cfg.gamma * segment_mean_loss(r.float(), masks, means, t.present))
+        loss = (cfg.loss.alpha * segment_content_loss(fr, fo, masks, cfg.loss.content_layers)
+                + cfg.loss.beta * segment_style_loss(fr, masks, t, cfg.loss.style_layers, cfg.loss.style_weights)
+                + cfg.loss.gamma * segment_mean_loss(r.float(), masks, means, t.present))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -171,21 +170,21 @@ def full(a: argparse.Namespace) -> None:
     records = [{"index": i, "case_id": "phantom_1", "slice": i, "tags": {}} for i in range(n_styles)]
     base = GeneratorConfig.preset(a.preset)
     total = a.warmup + a.steps
-    cfg = replace(base, epochs=0, steps=total, conditional_steps=total, conditional=a.conditional,
-                  crop=a.size or base.crop, batch=a.batch or base.batch,
-                  bf16=base.bf16 or a.bf16, device=a.device, log_every=1, checkpoint_every=10 ** 9,
-                  vgg_weights=a.vgg_weights or "")
+    cfg = base.replace(epochs=0, steps=total, conditional_steps=total, conditional=a.conditional,
+                       crop=a.size or base.optim.crop, batch=a.batch or base.optim.batch,
+                       bf16=base.optim.bf16 or a.bf16, device=a.device, log_every=1, checkpoint_every=10 ** 9,
+                       vgg_weights=a.vgg_weights or "")
     with tempfile.TemporaryDirectory() as tmp:
         folder = fit_generators(images, src_lab.array, style_hu[:n_styles], style_lab[:n_styles], records, Path(tmp),
                                 cfg, LabelSchema.default(), progress=False)[0]
         rows = [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
     secs = [r["seconds"] for r in rows]
     dt = (secs[-1] - secs[a.warmup - 1]) / a.steps if a.warmup else secs[-1] / a.steps
-    sps = cfg.batch / dt
+    sps = cfg.optim.batch / dt
     kind = f"conditional ({n_styles} styles)" if a.conditional else "one separate generator"
     print("| device | preset | slice | crop | batch | bf16 | threads | generator | s/step | slices/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.device} | {a.preset} | {a.slice} | {cfg.crop} | {cfg.batch} | {cfg.bf16} | "
+    print(f"| {a.device} | {a.preset} | {a.slice} | {cfg.optim.crop} | {cfg.optim.batch} | {cfg.optim.bf16} | "
           f"{torch.get_num_threads()} | {kind} | {dt:.3f} | {sps:.2f} |")
     visits = 700 * 100  # slice visits of one generator: ~700 source slices x 100 epochs
     if a.conditional:

@@ -86,7 +86,7 @@ def main() -> None:
     import torch
 
     from styleseg.runs import setup_logging
-    from styleseg.seg.predict import segment
+    from styleseg.seg.segment import segment
     from styleseg.seg.train import SegTrainConfig, train_segmentation
 
     setup_logging()

@@ -58,7 +58,7 @@ def write_synthetic(path: Path, n: int, size: int) -> Path:
 def child(model: str, src: str, out: str) -> None:
     import torch
 
-    from styleseg.seg.predict import segment
+    from styleseg.seg.segment import segment
 
     torch.set_num_threads(2)
     t = time.perf_counter()

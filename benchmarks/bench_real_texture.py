@@ -2,9 +2,9 @@
 
 For every style k of a run folder (``styleseg run``): the radial NPS of the style slice, of source slices and
 of their generated versions (``CASE_sKK`` in the augmented dataset), all from the same estimator as the texture
-goal of the phantom benchmark (``sim.nps.slice_nps``: high-pass-detrended near-uniform soft-tissue ROIs inside
+goal of the phantom benchmark (``texture.slice_nps``: high-pass-detrended near-uniform soft-tissue ROIs inside
 the label map). Prints the style's and the generated slices' noise std and the median texture ratio
-``d(generated, style) / d(source, style)`` (``sim.nps.nps_distance``; the phantom goal is <= 1/3), and how far
+``d(generated, style) / d(source, style)`` (``texture.nps_distance``; the phantom goal is <= 1/3), and how far
 the generated slice's anatomy strays from the source's: the RMS difference of the two after a Gaussian low-pass
 (sigma 2 px, which removes most of the noise) inside the label map, in HU, with lung and soft tissue clipped to
 the soft-tissue window W400/L40 so that the lungs' absolute level does not dominate.
@@ -21,8 +21,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from styleseg.io.dataset import Dataset
-from styleseg.sim.nps import nps_distance, slice_nps
 from styleseg.style.styleset import StyleSet
+from styleseg.texture import nps_distance, slice_nps
 
 
 def measure(run: Path, per_case: int, aug_name: str) -> None:

@@ -67,8 +67,8 @@ def figures(out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from styleseg import texture as nps
     from styleseg.io.volume import read_nifti
-    from styleseg.sim import nps
     from styleseg.sim.phantom import PhantomConfig, make_phantom
     from styleseg.sim.scanner import PROTOCOLS, reimage
 

@@ -8,7 +8,7 @@
         --steps 1000 --crop 128 --dice
 
 1. texture: NPS distance (generated, style) vs NPS distance (source, style) for every style, with the sim
-   module's anatomical NPS (:func:`styleseg.sim.nps.slice_nps` inside the body, :func:`~styleseg.sim.nps.
+   module's anatomical NPS (:func:`styleseg.texture.slice_nps` inside the body, :func:`~styleseg.texture.
    nps_distance`, log10 decades). Target: ratio <= 1/3. Reference: the *ideal* output, the source slice
    re-imaged by the simulated scanner with the style's protocol (``reimage(noise_free_input=False)``); where
    even the ideal misses 1/3 (the style is close to the source already), the row passes if the generated
@@ -27,17 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from styleseg.labels import LabelSchema
-from styleseg.sim.nps import nps_distance, slice_nps
 from styleseg.style.augment import generate_volume
 from styleseg.style.generator import load_generator
 from styleseg.style.train import GeneratorConfig, fit_generators
+from styleseg.texture import nps_distance, slice_nps
 
 
 def export_arrays(out: Path, size: int, n_styles: int) -> dict[str, np.ndarray]:
@@ -164,7 +163,7 @@ def dice_check(d: dict, generated: dict, device: str, steps: int, seed: int = 0,
     from torch.nn import functional as F
 
     from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
-    from styleseg.seg.predict import window_channels
+    from styleseg.seg.inputs import window_channels
     from styleseg.seg.unet import UNet, UNetSpec
 
     torch.manual_seed(seed)
@@ -303,14 +302,14 @@ def main() -> None:
             np.savez_compressed(a.export_npz, **d)
             print(f"arrays: {a.export_npz}")
             return
-    cfg = replace(GeneratorConfig.preset(a.preset), device=a.device)
+    cfg = GeneratorConfig.preset(a.preset).replace(device=a.device)
     changes = {"steps": a.steps, "crop": a.crop, "batch": a.batch, "noise_init": a.noise_init, "output": a.output,
                "conditional_steps": a.cond_steps or None, "nps_weight": a.nps_weight,
                "bone_hu": a.bone_hu, "image_input": True if a.image_input else None,
                "source_skip": True if a.source_skip else None, "source_sigma": a.source_sigma,
                "vgg_weights": a.vgg_weights or None}
-    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
-                  **({"train_texture": True} if a.train_texture else {}))
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None}, **({"bf16": True} if a.bf16 else {}),
+                      **({"train_texture": True} if a.train_texture else {}))
     n = len(d["protocols"])
     records = [{"index": i, "case_id": f"style{i}", "slice": 0, "tags": {"protocol": str(d["protocols"][i])}}
                for i in range(n)]
@@ -322,17 +321,18 @@ def main() -> None:
     cond, t_cond = [], 0.0
     if not a.no_cond:
         t0 = time.perf_counter()
-        cond = fit_generators(*args, a.out / "gen_cond", replace(cfg, conditional=True), schema, resume=True,
+        cond = fit_generators(*args, a.out / "gen_cond", cfg.replace(conditional=True), schema, resume=True,
                               progress=False)
         t_cond = time.perf_counter() - t0
     dice_idx = list(range(len(d["src_hu"]))) if a.dice_all else None
     rows, generated = measure(sep + cond, d, a.device, dice_idx)
-    csteps = cfg.conditional_steps or 2 * cfg.steps
-    print(f"config: preset {a.preset}, crop {cfg.crop}, batch {cfg.batch}, steps {cfg.steps} (conditional {csteps}), "
-          f"noise_init {cfg.noise_init}, nps_weight {cfg.nps_weight}, bone_hu {cfg.bone_hu}, "
-          f"train_texture {cfg.train_texture}, output {cfg.output}, device {a.device}, "
-          f"bf16 {cfg.bf16}, image_input {cfg.image_input}, source_skip {cfg.source_skip} (sigma {cfg.source_sigma})")
-    print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {cfg.steps} steps), "
+    o, ar = cfg.optim, cfg.arch
+    csteps = o.conditional_steps or 2 * o.steps
+    print(f"config: preset {a.preset}, crop {o.crop}, batch {o.batch}, steps {o.steps} (conditional {csteps}), "
+          f"noise_init {ar.noise_init}, nps_weight {cfg.loss.nps_weight}, bone_hu {ar.bone_hu}, "
+          f"train_texture {ar.train_texture}, output {ar.output}, device {a.device}, "
+          f"bf16 {o.bf16}, image_input {ar.image_input}, source_skip {ar.source_skip} (sigma {ar.source_sigma})")
+    print(f"training wall time: separate {t_sep:.0f} s ({len(sep)} generators x {o.steps} steps), "
           f"conditional {t_cond:.0f} s ({csteps} steps)")
     print("| generator | style | protocol | NPS d(source,style) | d(gen,style) | ratio (<= 0.33) | d(ideal,style) | "
           "ideal ratio | texture met | max abs mean HU diff (<= 30) |")

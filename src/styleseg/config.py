@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -89,7 +90,11 @@ def new_option(default: Any) -> Any:
 
 def hash_view(cfg: Any) -> Any:
     """:func:`to_dict`, minus :func:`new_option` fields at their default (nested dataclasses too): what a
-    stage hashes. Build stage configs from this, not from :func:`to_dict` (which keeps every field)."""
+    stage hashes. Build stage configs from this, not from :func:`to_dict` (which keeps every field). A
+    dataclass with a ``hash_fields()`` method hashes what that returns (a config regrouped into sections
+    keeps the flat hash of its first version, so finished runs stay finished)."""
+    if hasattr(cfg, "hash_fields") and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {str(k): hash_view(v) for k, v in cfg.hash_fields().items()}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: hash_view(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
                 if not (f.metadata.get(HASH_NEUTRAL) and getattr(cfg, f.name) == f.default)}
@@ -112,35 +117,53 @@ def _resolve_type(cls: type, name: str) -> Any:
     return hints[name]
 
 
+#: scalar types: (accepts, what a wrong value is called in the message, convert)
+_SCALARS: dict[Any, tuple[Any, str, Any]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v), "a finite number",
+            float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}
+
+
+def _coerce_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(a, value, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+
+
+def _coerce_tuple(args: tuple[Any, ...], value: Any, where: str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if args and len(args) != len(value):
+        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+    return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=False)) if args else tuple(value)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """``value`` (from TOML/JSON) as type ``tp``, or ConfigError naming ``where``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        return _coerce_union(args, value, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return from_dict(tp, value, where)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
-        if args and len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=False)) if args else tuple(value)
+        return _coerce_tuple(args, value, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -149,22 +172,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        ok, what, conv = _SCALARS[tp]
+        if not ok(value):
+            raise ConfigError(f"{where}: expected {what}, got {value!r}")
+        return conv(value)
     if tp is Path:
         return Path(value)
     return value
@@ -176,6 +188,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     ``where`` names the place for messages, e.g. ``"experiment.toml [train_seg]"``.
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data = _route_flat(cls, data, where)
     unknown = [k for k in data if k not in names]
     if unknown:
         k = unknown[0]
@@ -188,6 +201,49 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
     return obj
+
+
+def _route_flat(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Keys of a sectioned config given flat (``steps = 60`` for ``[generators.optim] steps``): a class with a
+    ``flat_keys()`` classmethod ({key: section}) accepts both spellings; the same key in both is an error."""
+    data = dict(data)
+    if not hasattr(cls, "flat_keys"):
+        return data
+    routes = cls.flat_keys()
+    for key in [k for k in data if k in routes]:
+        section = routes[key]
+        table = dict(data.get(section) or {})
+        if key in table:
+            raise ConfigError(f"{where}: {key!r} is given twice (flat and in [{section}])")
+        table[key] = data.pop(key)
+        data[section] = table
+    return data
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested tables merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def resolve(cls: type[T], preset: str | None, *overrides: Mapping[str, Any] | None, where: str = "config") -> T:
+    """The one way to build a stage config: ``cls.preset(preset)`` (``cls()`` when ``preset`` is None or the
+    class has no presets), then each mapping of ``overrides`` on top, in order (later wins; None and empty
+    mappings are skipped), through :func:`from_dict`, so unknown keys, wrong types and impossible values fail
+    with a message naming ``where``. A sectioned config (``flat_keys()``) takes flat or sectioned overrides."""
+    base = cls.preset(preset) if preset is not None and hasattr(cls, "preset") else cls()  # type: ignore[attr-defined]
+    merged: dict[str, Any] = to_dict(base)
+    for over in overrides:
+        if over:
+            merged = _merge(merged, _route_flat(cls, over, where))
+    return from_dict(cls, merged, where)
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options a command line actually gave (None: not given), as an override mapping for :func:`resolve`."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def check_preset(name: str) -> str:

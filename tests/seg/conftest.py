@@ -33,3 +33,22 @@ def toy_model(tmp_path_factory, toy_dataset) -> Path:
     cfg = dataclasses.replace(SegTrainConfig.preset("quick"), base_channels=4, depth=2, crop=24, batch_size=4,
                               epochs=3, steps_per_epoch=12, lr=2e-2, val_fraction=0.25)
     return train_segmentation([toy_dataset], tmp_path_factory.mktemp("model") / "m", cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def context_model(tmp_path_factory, toy_dataset):
+    from styleseg.seg.train import SegTrainConfig, train_segmentation
+
+    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), base_channels=4, depth=2, crop=24, batch_size=4,
+                              epochs=2, steps_per_epoch=4, lr=2e-2, val_fraction=0.25, context=2,
+                              windows=("soft_tissue", "lung"))
+    return train_segmentation([toy_dataset], tmp_path_factory.mktemp("ctx") / "m", cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def position_model(tmp_path_factory, toy_dataset):
+    from styleseg.seg.train import SegTrainConfig, train_segmentation
+
+    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), base_channels=4, depth=2, crop=24, batch_size=4,
+                              epochs=1, steps_per_epoch=3, lr=2e-2, val_fraction=0.25, position=True, context=1)
+    return train_segmentation([toy_dataset], tmp_path_factory.mktemp("pos") / "m", cfg, progress=False)

@@ -45,3 +45,11 @@ def write_toy_dataset(out: Path, n_cases: int = 4, missing_heart: tuple[int, ...
             img = Volume(vol, (spacing, spacing, 3.0))
             w.add_case(f"toy{i:02d}", img, img.with_array(lab), annotated=ann)
     return out
+
+
+def slab(h: int = 40, w: int = 48, box=(10, 29, 6, 41)) -> np.ndarray:
+    """Air with one soft-tissue rectangle (rows y0..y1, columns x0..x1 inclusive) as the body."""
+    hu = np.full((h, w), -1000.0, np.float32)
+    y0, y1, x0, x1 = box
+    hu[y0:y1 + 1, x0:x1 + 1] = 40.0
+    return hu

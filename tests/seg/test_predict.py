@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from seg_builders import slab
 
 from styleseg.errors import InputError
-from styleseg.io.volume import Volume, read_nifti, write_nifti
-from styleseg.seg.predict import Predictor, infer_slices, segment
+from styleseg.io.volume import Volume
+from styleseg.seg.inputs import InputSpec, body_frame, context_stack, position_maps
+from styleseg.seg.predict import Predictor, infer_slices
 from styleseg.seg.unet import UNet, UNetSpec, pad_multiple, unpad
 
 
@@ -32,24 +31,11 @@ def test_unet_shapes_and_padding():
     xp, pads = pad_multiple(x, 8, -1.0)
     assert xp.shape[-2:] == (32, 24) and torch.equal(unpad(xp, pads), x)
     assert net(xp).shape == (2, 5, 32, 24)
-    out = infer_slices(net, np.random.default_rng(0).normal(0, 100, (3, 30, 20)), ("soft_tissue", "lung"), 8,
-                       downsample=2, batch_size=2)
+    out = infer_slices(net, np.random.default_rng(0).normal(0, 100, (3, 30, 20)),
+                       InputSpec(windows=("soft_tissue", "lung"), downsample=2), 8, batch_size=2)
     assert out.shape == (3, 30, 20) and out.dtype == np.uint8 and out.max() < 5
 
 
-def test_streaming_equals_in_memory_and_keeps_grid(tmp_path, toy_model):
-    vol = _ct()
-    src = write_nifti(vol, tmp_path / "in" / "ct.nii.gz")
-    p = Predictor(toy_model)
-    want = p.predict_volume(read_nifti(src))
-    rep = segment([src], toy_model, tmp_path / "out", chunk_slices=2)
-    assert rep.done == ["ct"] and rep.slices == 5 and not rep.failed
-    got = read_nifti(tmp_path / "out" / "ct.nii.gz")
-    assert got.same_grid(read_nifti(src)) and got.array.dtype == np.uint8
-    np.testing.assert_array_equal(got.array, want.array)
-    assert (want.array == 1).sum() > 0  # the toy model finds the lungs
-    js = json.loads((tmp_path / "out" / "segment_report.json").read_text())
-    assert js["done"] == ["ct"]
 
 
 def test_flipped_orientation_is_canonicalised(tmp_path, toy_model):
@@ -62,25 +48,6 @@ def test_flipped_orientation_is_canonicalised(tmp_path, toy_model):
     np.testing.assert_array_equal(b[:, ::-1, ::-1], a)
 
 
-def test_bad_inputs_are_reported_and_skipped(tmp_path, toy_model):
-    good = write_nifti(_ct(), tmp_path / "in" / "a_good.nii.gz")
-    sag = write_nifti(_ct(direction=(0, 0, 1, 1, 0, 0, 0, 1, 0)), tmp_path / "in" / "b_sagittal.nii.gz")
-    coarse = write_nifti(_ct(spacing=3.0), tmp_path / "in" / "c_coarse.nii.gz")
-    empty = tmp_path / "in" / "d_empty.nii.gz"
-    empty.write_bytes(b"")
-    trunc = tmp_path / "in" / "e_trunc.nii.gz"
-    raw = gzip.decompress(good.read_bytes())
-    trunc.write_bytes(gzip.compress(raw[: len(raw) - 900]))
-    out = tmp_path / "out"
-    rep = segment([good, sag, coarse, empty, trunc], toy_model, out)
-    assert rep.done == ["a_good"]
-    assert set(rep.failed) == {"b_sagittal", "c_coarse", "d_empty", "e_trunc"}
-    assert "not axial" in rep.failed["b_sagittal"]
-    assert "3.00x off" in rep.failed["c_coarse"] and "--force-spacing" in rep.failed["c_coarse"]
-    assert "truncated" in rep.failed["e_trunc"]
-    assert sorted(x.name for x in out.iterdir()) == ["a_good.nii.gz", "segment_report.json"]  # nothing half-written
-    rep2 = segment([coarse], toy_model, tmp_path / "out2", force_spacing=True)
-    assert rep2.done == ["c_coarse"]
 
 
 def test_bad_model_folders(tmp_path, toy_model):
@@ -99,54 +66,109 @@ def test_bad_model_folders(tmp_path, toy_model):
         Predictor(m)
 
 
-def test_continue_and_shards(tmp_path, toy_model):
-    ins = [write_nifti(_ct(seed=i, n=2), tmp_path / "in" / f"c{i}.nii.gz") for i in range(5)]
-    out = tmp_path / "out"
-    r0 = segment(ins, toy_model, out, part_id=0, num_parts=2)
-    r1 = segment(ins, toy_model, out, part_id=1, num_parts=2)
-    assert r0.done == ["c0", "c2", "c4"] and r1.done == ["c1", "c3"]
-    assert (out / "segment_report.part1.json").exists()
-    before = (out / "c1.nii.gz").stat().st_mtime_ns
-    r = segment(ins, toy_model, out, continue_=True)
-    assert r.skipped == [f"c{i}" for i in range(5)] and r.done == []
-    assert (out / "c1.nii.gz").stat().st_mtime_ns == before
 
 
-def test_dataset_input(tmp_path, toy_model, toy_dataset):
-    rep = segment([toy_dataset], toy_model, tmp_path / "out")
-    assert rep.done == ["toy00", "toy01", "toy02", "toy03"]
-    img = sitk.ReadImage(str(toy_dataset / "imagesTr" / "toy00_0000.nii.gz"))
-    lab = sitk.ReadImage(str(tmp_path / "out" / "toy00.nii.gz"))
-    assert lab.GetSize() == img.GetSize() and lab.GetDirection() == img.GetDirection()
-    assert np.allclose(lab.GetOrigin(), img.GetOrigin()) and np.allclose(lab.GetSpacing(), img.GetSpacing())
 
 
-DICOM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom" / "LUNG1-005"
 
 
-@pytest.mark.realdata
-@pytest.mark.skipif(not DICOM.exists(), reason="../shared/data/dicom/LUNG1-005 is absent (fresh clone)")
-def test_dicom_series_input_matches_nifti_grid(tmp_path, toy_model):
-    """A real DICOM CT series folder is read in chunks; labels lie on the series grid (the NIfTI
-    copy of the same patient keeps every other slice at the same z positions)."""
-    from styleseg.io.dicom import scan_dicom, slice_geometry
+def test_context_model_folder(context_model):
+    meta = json.loads((context_model / "model.json").read_text())
+    assert meta["context"] == 2 and meta["architecture"]["in_channels"] == 2 * 5
+    assert Predictor(context_model).context == 2
 
-    src = next(DICOM.glob("*/1.000000-*"))
-    headers, _ = slice_geometry(next(iter(scan_dicom([src]).ct_series().values())))
-    series = tmp_path / "series"
-    series.mkdir()
-    for h in headers[40:52]:  # 12 consecutive slices keep the test fast
-        shutil.copy(h.path, series / h.path.name)
-    rep = segment([series], toy_model, tmp_path / "o", chunk_slices=5, dicom_seg=True)
-    assert rep.done == ["series"] and rep.slices == 12, rep.failed
-    lab = read_nifti(tmp_path / "o" / "series.nii.gz")
-    ref = read_nifti(DICOM.parents[1] / "nsclc" / "LUNG1-005_ct.nii.gz")
-    assert lab.shape[1:] == ref.shape[1:] == (512, 512) and lab.array.dtype == np.uint8
-    assert np.allclose(lab.spacing[:2], ref.spacing[:2], atol=1e-3)
-    assert np.allclose(lab.direction, ref.direction, atol=1e-4)
-    common = set(np.round(ref.slice_z_positions(), 1)) & set(np.round(lab.slice_z_positions(), 1))
-    assert len(common) == 6  # every other slice of the NIfTI copy
-    import pydicom
 
-    seg = pydicom.dcmread(tmp_path / "o" / "series.dcm")
-    assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 12
+def test_chunked_prediction_feeds_the_true_neighbours(context_model):
+    """Record what the network sees: chunked streaming gives it exactly the whole-volume 2.5D stacks."""
+    import torch
+
+    p = Predictor(context_model, batch_size=3)
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x[:, :5].clone())  # the soft-tissue window of the 5 stacked slices
+            return torch.zeros(x.shape[0], 7, *x.shape[-2:])
+
+    p.model = Spy()
+    hu = (np.arange(9, dtype=np.float32)[:, None, None] * 30 - 100) * np.ones((1, 8, 8), np.float32)
+    for split in ([9], [1, 2, 6], [4, 5], [1] * 9):
+        seen.clear()
+        list(p.predict_chunks(np.split(hu, np.cumsum(split)[:-1])))
+        got = torch.cat(seen)[:, :, 0, 0].numpy() * 400 - 160  # back to HU
+        want = context_stack(hu, 0, 9, 2)[:, :, 0, 0]
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_position_model_folder_and_prediction(position_model):
+    meta = json.loads((position_model / "model.json").read_text())
+    assert meta["position"] is True and meta["architecture"]["in_channels"] == 3 + 2
+    p = Predictor(position_model)
+    assert p.inputs.position
+    from seg_builders import toy_case
+
+    arr, _ = toy_case(np.random.default_rng(3), n=5, size=30)  # 30 px: padded to 32 at inference
+    lab = p.predict_array(arr.astype(np.float32))
+    assert lab.shape == arr.shape and lab.dtype == np.uint8
+    parts = list(p.predict_chunks(np.array_split(arr.astype(np.float32), [2, 3])))
+    np.testing.assert_array_equal(np.concatenate(parts), lab)
+
+
+def test_models_trained_before_the_low_pass_keep_their_frames(position_model, tmp_path):
+    """model.json records the low-pass the frames were found with; a model without the entry (trained before
+    it existed) is given unsmoothed frames, as in its training."""
+    import shutil
+
+    assert json.loads((position_model / "model.json").read_text())["position_smooth_px"] == 2.0
+    assert Predictor(position_model).inputs.position_smooth_px == 2.0
+    old = tmp_path / "old"
+    shutil.copytree(position_model, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["position_smooth_px"]
+    (old / "model.json").write_text(json.dumps(meta))
+    assert Predictor(old).inputs.position_smooth_px == 0.0
+
+
+def test_inference_feeds_the_unpadded_positions(position_model):
+    """Record what the network sees: the position channels on the padded grid are those of the original
+    pixels (the padding offset is undone), in the frame of each slice's own body."""
+    import torch
+
+    p = Predictor(position_model)
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(x.shape[0], 7, *x.shape[-2:])
+
+    p.model = Spy()
+    hu = np.stack([slab(h=30, w=45, box=(5 + z, 24, 3, 30 + z)) for z in range(3)])  # padded to 32 x 48
+    p.predict_array(hu)
+    x = torch.cat(seen).numpy()
+    assert x.shape == (3, 5, 32, 48)
+    for z in range(3):
+        want = position_maps(body_frame(hu[z])[0], np.arange(30)[:, None], np.arange(45)[None, :])
+        np.testing.assert_allclose(x[z, 3:, 1:31, 1:46], want, atol=1e-6)  # pads: top 1, left 1
+
+
+def test_a_model_whose_training_has_not_finished_is_refused(tmp_path, toy_model, toy_dataset):
+    """model.json says ``complete: false`` while training runs (or after it was killed): the predictor refuses
+    it with a message naming the fix, unless asked for the best epoch so far."""
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+
+    m = tmp_path / "m"
+    shutil.copytree(toy_model, m)
+    meta = json.loads((m / "model.json").read_text())
+    (m / "model.json").write_text(json.dumps({**meta, "complete": False}))
+    with pytest.raises(InputError, match="has not finished.*--allow-incomplete"):
+        Predictor(m)
+    assert Predictor(m, allow_incomplete=True).inputs.windows == ("soft_tissue",)
+    res = CliRunner().invoke(app, ["segment", str(toy_dataset), "--model", str(m), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "has not finished" in res.output and not (tmp_path / "o").exists()
+    res = CliRunner().invoke(app, ["segment", str(toy_dataset), "--model", str(m), "--out", str(tmp_path / "o"),
+                                   "--allow-incomplete"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 4

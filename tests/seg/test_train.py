@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from styleseg.errors import ConfigError, InputError
-from styleseg.seg.train import SegTrainConfig, patient_split, train_segmentation
+from styleseg.seg.train import SegTrainConfig, train_segmentation
 
 
 def test_presets_and_validation():
@@ -24,18 +24,6 @@ def test_presets_and_validation():
         SegTrainConfig.preset("fast")
 
 
-def test_patient_split_groups_augmented_copies():
-    groups = ["A", "A", "A", "B", "B", "C", "D"]
-    keys = ["A", "A_s1", "A_s2", "B", "B_s1", "C", "D"]
-    v = patient_split(groups, 0.25, seed=3, keys=keys)
-    for g in set(groups):  # a patient is wholly on one side
-        assert len({v[i] for i in range(len(groups)) if groups[i] == g}) == 1
-    assert sum(set(g for g, x in zip(groups, v, strict=True) if x).__len__() for _ in [0]) == 1
-    assert patient_split(groups, 0.25, 3, keys=keys) == v  # reproducible
-    explicit = patient_split(groups, 0.25, 3, val_cases=["B_s1"], keys=keys)
-    assert explicit == [False, False, False, True, True, False, False]
-    with pytest.raises(ConfigError):
-        patient_split(groups, 0.25, 3, val_cases=["Z"], keys=keys)
 
 
 def test_model_folder_and_log(toy_model):
@@ -107,3 +95,35 @@ def test_case_without_heart_does_not_lower_heart(tmp_path):
         res[marginal] = (pred[heart] == 3).mean()
     assert res[True] > 0.8  # measured 1.0
     assert res[False] < 0.2  # measured 0.0
+
+
+def test_context_is_validated():
+    from styleseg.seg.train import SegTrainConfig
+
+    with pytest.raises(ConfigError, match="context"):
+        SegTrainConfig(context=5)
+
+
+def test_validation_split_keeps_each_patient_on_one_side(tmp_path):
+    """Re-imaged versions of a patient (as the oracle's dataset holds them: ``patient`` recorded, no provenance)
+    must never sit on both sides of the train/validation split: the best-epoch choice would be leaked."""
+    from seg_builders import toy_case
+
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.volume import Volume
+    from styleseg.labels import LabelSchema
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / "oracle", "oracle-like", LabelSchema.default()) as w:
+        for p in range(4):
+            vol, lab = toy_case(rng, n=2, size=32, shift=p % 3 - 1)
+            for version in ("orig", "low-dose", "sharp"):
+                img = Volume((vol + rng.normal(0, 20, vol.shape)).astype(np.int16), (1.0, 1.0, 3.0))
+                w.add_case(f"P{p}_{version}", img, img.with_array(lab), patient=f"P{p}")
+    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), base_channels=4, depth=2, crop=24, batch_size=2,
+                              epochs=1, steps_per_epoch=1, val_fraction=0.25)
+    out = train_segmentation([tmp_path / "oracle"], tmp_path / "m", cfg, progress=False)
+    split = json.loads((out / "model.json").read_text())["split"]
+    patients = {side: {c.split("_")[0] for c in split[side]} for side in ("train", "val")}
+    assert patients["val"] and not patients["train"] & patients["val"]
+    assert len(split["val"]) == 3  # one whole patient: its three versions

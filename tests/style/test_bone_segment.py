@@ -39,7 +39,7 @@ def test_generator_draws_the_style_bone_where_the_source_has_bone(tmp_path):
     s_lab, s_hu = _slice(rng, 700.0, 20.0)  # style: bone at 700 HU
     o_lab, o_hu = _slice(rng, 450.0, 5.0)  # source: its own bone at 450 HU
     rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
-    cfg = GeneratorConfig(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0)
+    cfg = GeneratorConfig.from_flat(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0)
     (folder,) = fit_generators(o_hu[None].astype(np.int16), o_lab[None], [s_hu], [s_lab], rec, tmp_path / "g", cfg,
                                LabelSchema.default(), progress=False)
     model, meta = load_generator(folder)
@@ -49,7 +49,7 @@ def test_generator_draws_the_style_bone_where_the_source_has_bone(tmp_path):
     assert abs(gen[8:16, 8:16].mean() - 30.0) < 20
     with pytest.raises(ValueError, match="source image"):
         generate_volume(model, o_lab[None], None, 0, seed=0)
-    off = GeneratorConfig(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0)
+    off = GeneratorConfig.from_flat(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0)
     (folder,) = fit_generators(o_hu[None].astype(np.int16), o_lab[None], [s_hu], [s_lab], rec, tmp_path / "g0", off,
                                LabelSchema.default(), progress=False)
     model, _ = load_generator(folder)

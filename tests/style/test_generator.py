@@ -13,10 +13,11 @@ from styleseg.errors import InputError
 from styleseg.io.dataset import Dataset
 from styleseg.style import train as train_mod
 from styleseg.style.augment import augment
+from styleseg.style.data import Source
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, load_generator
 from styleseg.style.train import GeneratorConfig, train_generators
 
-TINY = GeneratorConfig(crop=32, steps=3, batch=1, base=4, n_res=1, log_every=1, checkpoint_every=2)
+TINY = GeneratorConfig.from_flat(crop=32, steps=3, batch=1, base=4, n_res=1, log_every=1, checkpoint_every=2)
 
 
 def test_generator_shapes_range_and_prior():
@@ -126,10 +127,8 @@ def test_train_separate_writes_model_folders_logs_and_resumes_exactly(tiny_sourc
 
 
 def test_conditional_generator_and_augment(tiny_source, tiny_styles, tmp_path):
-    from dataclasses import replace
-
-    folders = train_generators(tiny_source, tiny_styles, tmp_path / "c", replace(TINY, conditional=True,
-                                                                              conditional_steps=2), progress=False)
+    folders = train_generators(tiny_source, tiny_styles, tmp_path / "c", TINY.replace(conditional=True,
+                                                                                   conditional_steps=2), progress=False)
     assert [f.name for f in folders] == ["conditional"]
     model, meta = load_generator(folders[0])
     assert model.spec.n_styles == 2 and [s["index"] for s in meta["styles"]] == [0, 1]
@@ -185,13 +184,13 @@ def test_bad_style_inputs(tiny_source, tiny_styles, tmp_path):
 def test_paper_preset_trains_on_native_spacing_crops_of_whole_slices():
     """The paper preset keeps the paper's pixels (no resampling) and saves time with crops: each training
     sample is an exact sub-array of a 512 x 512 source slice, and a step holds as many pixels as 4 whole slices."""
-    cfg = GeneratorConfig.preset("paper")
+    cfg = GeneratorConfig.preset("paper").optim
     assert cfg.epochs == 100 and cfg.crop < 512 and cfg.batch * cfg.crop ** 2 == 4 * 512 ** 2
     rng = np.random.default_rng(0)
     images = rng.integers(-1000, 1000, (3, 512, 512)).astype(np.int16)
     labels = np.zeros((3, 512, 512), np.uint8)
     labels[:, 100:400, 120:380] = 6
-    imgs, labs = train_mod.sample_batch(train_mod._Source(images, labels), cfg.crop, cfg.batch, 0, 7)
+    imgs, labs = train_mod.sample_batch(Source(images, labels), cfg.crop, cfg.batch, 0, 7)
     assert imgs.shape == labs.shape == (cfg.batch, cfg.crop, cfg.crop)
     for img, lab in zip(imgs, labs, strict=True):
         hits = [(i, y, x) for i in range(3) for y in range(512 - cfg.crop + 1)
@@ -200,3 +199,27 @@ def test_paper_preset_trains_on_native_spacing_crops_of_whole_slices():
         assert len(hits) == 1
         i, y, x = hits[0]
         assert np.array_equal(labels[i, y:y + cfg.crop, x:x + cfg.crop], lab)
+
+
+def test_resuming_under_another_config_is_refused_not_silently_restarted(tiny_source, tiny_styles, tmp_path):
+    """One checkpoint policy for every training loop (trainer.TrainingRun): a checkpoint written under another
+    config is a CheckpointMismatch, which the caller (the pipeline, or the user) resolves by starting over."""
+    from styleseg.errors import CheckpointMismatch
+
+    cfg = TINY.replace(steps=3, checkpoint_every=1)
+    real = train_mod.sample_batch
+
+    def dying(src, crop, batch, seed, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(src, crop, batch, seed, step)
+
+    train_mod.sample_batch = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_generators(tiny_source, tiny_styles, tmp_path / "g", cfg, progress=False)
+    finally:
+        train_mod.sample_batch = real
+    with pytest.raises(CheckpointMismatch, match="another config"):
+        train_generators(tiny_source, tiny_styles, tmp_path / "g", cfg.replace(lr=5e-4), resume=True, progress=False)
+    assert train_generators(tiny_source, tiny_styles, tmp_path / "g", cfg, resume=True, progress=False)

@@ -20,7 +20,8 @@ def test_image_input_generator_reads_the_source_slice(tmp_path):
     lab[16:32, 16:32] = 3
     hu = np.where(lab == 6, 30.0, np.where(lab == 3, 60.0, -1000.0)) + rng.normal(0, 10, lab.shape) * (lab > 0)
     rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
-    cfg = GeneratorConfig(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0, image_input=True)
+    cfg = GeneratorConfig.from_flat(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0,
+                                    image_input=True)
     (folder,) = fit_generators(hu[None].astype(np.int16), lab[None], [hu], [lab], rec, tmp_path / "g", cfg,
                                LabelSchema.default(), progress=False)
     model, _ = load_generator(folder)
@@ -39,8 +40,8 @@ def test_image_input_generator_reads_the_source_slice(tmp_path):
 
 def _skip_generator(tmp_path, hu, lab, **kw):
     rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
-    cfg = GeneratorConfig(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0, image_input=True,
-                          **kw)
+    cfg = GeneratorConfig.from_flat(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0,
+                                    image_input=True, **kw)
     (folder,) = fit_generators(hu[None].astype(np.int16), lab[None], [hu], [lab], rec, tmp_path / "g", cfg,
                                LabelSchema.default(), progress=False)
     model, _ = load_generator(folder)
@@ -83,7 +84,7 @@ def test_source_skip_needs_image_input():
     from styleseg.style.generator import GeneratorSpec
 
     with pytest.raises(ConfigError, match="source_skip"):
-        GeneratorConfig(source_skip=True)
+        GeneratorConfig.from_flat(source_skip=True)
     with pytest.raises(ValueError, match="source_skip"):
         GeneratorSpec(num_classes=8, source_skip=True)
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from styleseg.sim.nps import nps_2d, radial_nps
 from styleseg.style.losses import (
     highpass,
     nps_texture_loss,
@@ -16,6 +15,7 @@ from styleseg.style.losses import (
     roi_radial_power,
     soft_tissue_windows,
 )
+from styleseg.texture import nps_2d, radial_nps
 
 
 def test_radial_power_equals_the_metric_estimator():
@@ -107,7 +107,7 @@ def test_generator_training_logs_the_nps_term(tmp_path):
     style = np.where(lab == 3, 60.0, np.where(lab == 6, 30.0, -1000.0)) + 40 * noise / noise.std() * (lab > 0)
     src = np.where(lab == 3, 50.0, np.where(lab == 6, 20.0, -1000.0))[None].astype(np.int16)
     rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
-    cfg = GeneratorConfig(crop=64, steps=4, batch=1, base=4, n_res=1, log_every=1, nps_weight=100.0)
+    cfg = GeneratorConfig.from_flat(crop=64, steps=4, batch=1, base=4, n_res=1, log_every=1, nps_weight=100.0)
     (folder,) = fit_generators(src, lab[None], [style], [lab], rec, tmp_path / "g", cfg, LabelSchema.default(),
                                progress=False)
     rows = [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]

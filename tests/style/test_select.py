@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,14 @@ from styleseg.labels import LabelSchema
 from styleseg.style.select import (
     SelectConfig,
     candidate_slices,
-    kmedoids,
     pick_styles,
-    region_descriptor,
-    standardise_blocks,
     tally,
 )
 from styleseg.style.styleset import StyleSet
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TEXTURES = ("white", "smooth", "sharp")
-SIZE = 176  # large enough for 32 px soft-tissue NPS ROIs (styleseg.sim.nps)
+SIZE = 176  # large enough for 32 px soft-tissue NPS ROIs (styleseg.texture)
 
 
 def _noise(kind: str, rng: np.random.Generator, shape: tuple[int, ...], sd: float = 25.0) -> np.ndarray:
@@ -81,41 +79,10 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FAST = SelectConfig(candidates_per_case=3, vgg_crop=96, restarts=4)
 
 
-def test_kmedoids_hand_example() -> None:
-    # two tight groups on a line: medoids are the middle points of each group
-    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0], [13.0]])
-    med, lab, cost = kmedoids(x, 2, seed=0)
-    assert sorted(x[med, 0].tolist()) in ([1.0, 11.0], [1.0, 12.0])
-    assert lab.tolist()[:3] == [lab[0]] * 3 and len(set(lab[3:])) == 1 and lab[0] != lab[3]
-    assert cost == pytest.approx(2.0 + (1 + 0 + 1 + 2))
-    med1, lab1, cost1 = kmedoids(x, 1)
-    assert x[med1[0], 0] == 10.0 and cost1 == pytest.approx(10 + 9 + 8 + 0 + 1 + 2 + 3)
-    with pytest.raises(ValueError):
-        kmedoids(x, 8)
 
 
-def test_standardise_blocks_equal_weight_and_nan() -> None:
-    a = np.array([[1.0, np.nan], [3.0, 5.0]])
-    b = np.array([[0.0, 0.0, 0.0, 2.0], [4.0, 4.0, 4.0, 2.0]])
-    z = standardise_blocks([a, b])
-    # z-scores are +-1; block a divided by sqrt(2), block b by 2; NaN and constant columns -> 0
-    np.testing.assert_allclose(z[0], [-1 / np.sqrt(2), 0.0, -0.5, -0.5, -0.5, 0.0])
-    np.testing.assert_allclose(z[1], [1 / np.sqrt(2), 0.0, 0.5, 0.5, 0.5, 0.0])
 
 
-def test_region_descriptor_white_noise_level_and_shape() -> None:
-    rng = np.random.default_rng(0)
-    hu = rng.normal(0, 20, (128, 128))
-    region = np.ones_like(hu, bool)
-    f = region_descriptor(hu, region, r=32)
-    # detrending removes 6 of 1024 degrees of freedom, the lower-half selection biases std down a little
-    assert 17.0 < 10 ** f[0] < 20.5
-    # white noise (per pixel): a flat radial NPS at sigma^2 = 400 HU^2 px^2, so log10 ~ 2.6 everywhere
-    np.testing.assert_allclose(f[3:], np.log10(400.0), atol=0.25)
-    smooth = region_descriptor(ndi.gaussian_filter(hu, 2.0), region, r=32)
-    assert smooth[1] < 0.5 * f[1]  # mean frequency drops for a smoothed texture
-    assert smooth[-1] < f[-1] - 2  # and the high-frequency NPS falls by orders of magnitude
-    assert np.isnan(region_descriptor(hu, np.zeros_like(region))).all()
 
 
 def test_candidate_slices_prefers_body_and_lungs() -> None:
@@ -161,7 +128,7 @@ def test_auto_selection_recovers_texture_groups(synth: Path, tmp_path: Path) -> 
 
 
 def test_nps_only_also_recovers_groups(synth: Path, tmp_path: Path) -> None:
-    s = pick_styles(synth, 3, tmp_path / "S", use_vgg=False, config=FAST, seed=3)
+    s = pick_styles(synth, 3, tmp_path / "S", config=replace(FAST, use_vgg=False), seed=3)
     assert sorted(st.case_id.rstrip("01") for st in s.styles) == sorted(TEXTURES)
     assert s.method == "kmedoids on NPS descriptors" and s.extras["feature_dims"]["vgg"] == 0
 
@@ -180,7 +147,7 @@ def test_manual_mode(synth: Path, tmp_path: Path) -> None:
 
 def test_errors(synth: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"asked for 19 styles but the target has only 18 candidate slices"):
-        pick_styles(synth, 19, tmp_path / "S", config=FAST, use_vgg=False)
+        pick_styles(synth, 19, tmp_path / "S", config=replace(FAST, use_vgg=False))
     with pytest.raises(InputError, match=r"without a label map: smooth1 slice 2 .*--labels-from"):
         pick_styles(synth, 1, tmp_path / "S", manual=[("smooth1", 2)], require_labels=True)
     with pytest.raises(InputError, match="unknown case"):
@@ -197,7 +164,7 @@ def test_errors(synth: Path, tmp_path: Path) -> None:
 
 
 def test_exclude_cases(synth: Path, tmp_path: Path) -> None:
-    s = pick_styles(synth, 2, tmp_path / "S", exclude_cases=["sharp0", "sharp1"], config=FAST, use_vgg=False)
+    s = pick_styles(synth, 2, tmp_path / "S", exclude_cases=["sharp0", "sharp1"], config=replace(FAST, use_vgg=False))
     members = {m[0] for c in s.extras["clusters"] for m in c["members"]}
     assert members == {"white0", "white1", "smooth0", "smooth1"}
 

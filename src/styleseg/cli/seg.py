@@ -31,24 +31,17 @@ def register(app: typer.Typer) -> None:
         Example: styleseg train-seg data/source data/augmented --out models/unet2 --preset quick
         Multi-GPU: torchrun --nproc_per_node 4 $(which styleseg) train-seg DATASET --out MODEL --preset paper
         """
-        import dataclasses
-
         from rich.console import Console
 
-        from styleseg.config import dump_toml, from_dict, load_toml, to_dict
+        from styleseg.config import dump_toml, given, load_toml, resolve, to_dict
         from styleseg.seg.train import SegTrainConfig, train_segmentation
 
-        cfg = SegTrainConfig.preset(preset)
-        if config is not None:
-            over = load_toml(config).get("train_seg", {})
-            cfg = from_dict(SegTrainConfig, {**to_dict(cfg), **over}, f"{config} [train_seg]")
-        if epochs is not None:
-            cfg = dataclasses.replace(cfg, epochs=epochs)
-        if downsample is not None:
-            cfg = dataclasses.replace(cfg, downsample=downsample)
+        from_file = load_toml(config).get("train_seg", {}) if config is not None else None
+        cfg = resolve(SegTrainConfig, preset, from_file, given(epochs=epochs, downsample=downsample),
+                      where=f"{config} [train_seg]" if config is not None else "train-seg")
         con = Console()
         if dry_run:
-            con.print(dump_toml({"train_seg": to_dict(cfg)}))
+            con.print(dump_toml({"train_seg": to_dict(cfg)}), markup=False, highlight=False)
             return
         vc = [] if no_val else (val_case or None)
         folder = train_segmentation(datasets, out, cfg, resume=resume, val_cases=vc)
@@ -71,6 +64,8 @@ def register(app: typer.Typer) -> None:
         channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory layout."),
         force_spacing: bool = typer.Option(False, "--force-spacing", help="Run on inputs > 2x off the training "
                                            "pixel spacing."),
+        allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Use a model whose training has not "
+                                              "finished (its best epoch so far)."),
     ) -> None:
         """Segment CT volumes with a trained U-Net (streaming, resumable, shardable).
 
@@ -78,12 +73,12 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from styleseg.seg.predict import segment
+        from styleseg.seg.segment import segment
 
         rep = segment(inputs, model, out, continue_=continue_, part_id=part_id, num_parts=num_parts,
                       dicom_seg=dicom_seg, device=device, batch_size=batch_size,
                       dtype="bfloat16" if bf16 else "float32", channels_last=channels_last,
-                      force_spacing=force_spacing)
+                      force_spacing=force_spacing, allow_incomplete=allow_incomplete)
         con = Console()
         con.print(f"[green]{len(rep.done)} segmented[/], {len(rep.skipped)} skipped (done before), "
                   f"[red]{len(rep.failed)} failed[/] -> {rep.out} ({rep.slices} slices, {rep.seconds:.1f} s)")

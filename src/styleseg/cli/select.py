@@ -57,27 +57,25 @@ def register(app: typer.Typer) -> None:
         manual: styleseg pick-styles data/target --slices T003:40,T007:52 --out styles/
         """
         import json
-        from dataclasses import replace
 
         from rich.console import Console
         from rich.table import Table
 
-        from styleseg.config import to_dict
+        from styleseg.config import given, resolve, to_dict
         from styleseg.style.select import SelectConfig, pick_styles
 
         con = Console()
         manual = parse_slices(slices) if slices else None
         excl = [c.strip() for e in exclude_cases for c in e.split(",") if c.strip()]
-        cfg = SelectConfig.preset(preset)
+        cfg = resolve(SelectConfig, preset, given(candidates_per_case=candidates_per_case,
+                                                  use_vgg=False if no_vgg else None), where="pick-styles")
         if dry_run:
-            eff = replace(cfg, use_vgg=cfg.use_vgg and not no_vgg,
-                          candidates_per_case=candidates_per_case or cfg.candidates_per_case)
+            eff = cfg
             con.print_json(json.dumps({"target": str(target), "n": n, "out": str(out), "manual": manual,
                                        "labels_from": None if labels_from is None else str(labels_from),
                                        "exclude_cases": excl, "seed": seed, "config": to_dict(eff)}))
             return
-        sset = pick_styles(target, n, out, manual=manual, labels_from=labels_from, seed=seed, use_vgg=not no_vgg,
-                           exclude_cases=excl, candidates_per_case=candidates_per_case,
+        sset = pick_styles(target, n, out, manual=manual, labels_from=labels_from, seed=seed, exclude_cases=excl,
                            require_labels=require_labels, overwrite=overwrite, config=cfg)
         tab = Table(title=f"{len(sset)} style slices ({sset.method})")
         for col in ("style", "case", "slice", "cluster", "label", "why"):

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:1 ..."),
         bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast (default: preset)."),
         seed: int = typer.Option(0, "--seed"),
-        resume: bool = typer.Option(False, "--resume", help="Continue from checkpoints; skip finished generators."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from checkpoints (of the same settings); skip "
+                                    "finished generators."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
     ) -> None:
         """Train one style generator per style slice (or one conditional generator) on the source label maps.
@@ -33,22 +34,15 @@ def register(app: typer.Typer) -> None:
         Example: styleseg train-styles data/source styles/ --out gens/ --preset quick
         """
         import json
-        from dataclasses import replace
 
         from rich.console import Console
 
-        from styleseg.config import to_dict
+        from styleseg.config import given, resolve, to_dict
         from styleseg.style.train import GeneratorConfig, train_generators
 
-        cfg = GeneratorConfig.preset(preset)
-        changes: dict = {"conditional": conditional, "device": device, "seed": seed}
-        if steps is not None:
-            changes.update(steps=steps, epochs=0)
-        if crop is not None:
-            changes["crop"] = crop
-        if bf16 is not None:
-            changes["bf16"] = bf16
-        cfg = replace(cfg, **changes)
+        cfg = resolve(GeneratorConfig, preset, {"conditional": conditional, "device": device, "seed": seed},
+                      given(steps=steps, epochs=0 if steps is not None else None, crop=crop, bf16=bf16),
+                      where="train-styles")
         con = Console()
         if dry_run:
             con.print_json(json.dumps({"source": str(source), "styles": str(styles), "out": str(out),

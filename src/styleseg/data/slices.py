@@ -29,16 +29,6 @@ def window(hu: np.ndarray, centre: float = 40.0, width: float = 400.0) -> np.nda
     return np.clip((np.asarray(hu, np.float32) - lo) / width, 0.0, 1.0)
 
 
-def unwindow(x: np.ndarray, centre: float = 40.0, width: float = 400.0) -> np.ndarray:
-    """Inverse of :func:`window` inside the window: [0, 1] -> HU."""
-    return np.asarray(x, np.float32) * width + (centre - width / 2.0)
-
-
-def multi_window(hu: np.ndarray, names: Sequence[str] = ("soft_tissue",)) -> np.ndarray:
-    """Stack several windows as channels: (..., H, W) -> (C, ..., H, W)."""
-    return np.stack([window(hu, *WINDOWS[n]) for n in names])
-
-
 @dataclass
 class SliceStore:
     """All axial slices of a set of cases in memory: HU images, label maps, and which structures

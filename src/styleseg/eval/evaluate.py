@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from styleseg import __version__
-from styleseg.errors import InputError
-from styleseg.eval import metrics as M
+from styleseg.errors import ConfigError, InputError
+from styleseg.eval import metrics
 from styleseg.io.atomic import write_json
 from styleseg.io.dataset import FILE_ENDING, Dataset
 from styleseg.io.volume import read_nifti
@@ -25,6 +26,20 @@ from styleseg.io.volume import read_nifti
 log = logging.getLogger("styleseg.eval.evaluate")
 
 METRICS_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of the evaluation stage: bootstrap resamples for the 95% CIs, their seed, and whether HD95 is
+    computed (the slowest metric on large volumes)."""
+
+    n_boot: int = 2000
+    seed: int = 0
+    hd95: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 1:
+            raise ConfigError(f"[evaluate].n_boot must be >= 1 (bootstrap resamples), got {self.n_boot}")
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path:
@@ -81,7 +96,7 @@ def evaluate_case(ds: Dataset, case_id: str, pred_path: Path, structures: Sequen
     ds.schema.check_label_values(arr, str(pred_path))
     rec = ds.case(case_id)
     known = set(rec.annotated) | set(rec.derived)
-    res = M.case_metrics(arr, ref.array.astype(np.int32), ds.schema, known, ref.spacing, structures, with_hd95)
+    res = metrics.case_metrics(arr, ref.array.astype(np.int32), ds.schema, known, ref.spacing, structures, with_hd95)
     return {"case": case_id, "prediction": str(pred_path), **res}
 
 
@@ -99,6 +114,7 @@ def evaluate(pred_dir: Path, ref: Path, out: Path | None = None, compare: Path |
     from rich.progress import Progress
 
     pred_dir, ref = Path(pred_dir), Path(ref)
+    EvaluateConfig(n_boot=n_boot, seed=seed)  # impossible values stop here, before any work
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist", "check --pred")
     if compare is not None and not Path(compare).is_dir():
@@ -122,7 +138,7 @@ def evaluate(pred_dir: Path, ref: Path, out: Path | None = None, compare: Path |
             if compare is not None:
                 other.append(evaluate_case(ds, cid, prediction_path(Path(compare), cid), names, with_hd95))
                 prog.advance(task)
-    summary = M.summarise(per_case, names, n_boot, seed)
+    summary = metrics.summarise(per_case, names, n_boot, seed)
     result: dict[str, Any] = {
         "format_version": METRICS_FORMAT_VERSION,
         "config": {
@@ -139,9 +155,9 @@ def evaluate(pred_dir: Path, ref: Path, out: Path | None = None, compare: Path |
     if compare is not None:
         result["comparison"] = {
             "other": str(compare), "difference": "pred - compare",
-            "other_mean": M.summarise(other, names, n_boot, seed),
+            "other_mean": metrics.summarise(other, names, n_boot, seed),
             "other_per_case": other,
-            **M.compare_cases(per_case, other, names, n_boot, seed),
+            **metrics.compare_cases(per_case, other, names, n_boot, seed),
         }
     if out is not None:
         write_json(out, _json_clean(result))

@@ -79,20 +79,6 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return m & ~ndi.binary_erosion(m, border_value=0)
 
 
-def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Distances (mm) from every surface voxel of ``a`` to the nearest surface voxel of ``b``."""
-    sa, sb = surface(a), surface(b)
-    if not sa.any() or not sb.any():
-        return np.zeros(0)
-    # crop to the joint bounding box (plus one voxel) for speed; distances are unchanged
-    idx = np.argwhere(sa | sb)
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = np.minimum(idx.max(0) + 2, sa.shape)
-    sl = tuple(slice(int(l_), int(h)) for l_, h in zip(lo, hi, strict=True))
-    dt = ndi.distance_transform_edt(~sb[sl], sampling=_zyx_spacing(spacing, a.ndim))
-    return np.asarray(dt[sa[sl]], float)
-
-
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None,
          cap: float | None = None) -> tuple[float, bool]:
     """95th-percentile symmetric Hausdorff distance in mm; returns (value, capped).

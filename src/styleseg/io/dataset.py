@@ -60,6 +60,21 @@ class CaseRecord:
     derived: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def patient(self) -> str:
+        """The patient this case shows: every split (training/validation, style pool/test) keeps a patient on
+        one side. Simulated and re-imaged cases record it as ``patient``; augmented cases as
+        ``provenance.source_case`` (the generated copies of one source case); otherwise the case is its own
+        patient."""
+        ex = self.extras
+        for key in ("patient", "source_case"):
+            if ex.get(key):
+                return str(ex[key])
+        prov = ex.get("provenance")
+        if isinstance(prov, Mapping) and prov.get("source_case"):
+            return str(prov["source_case"])
+        return self.case_id
+
     def to_json(self) -> dict[str, Any]:
         return {"labels": self.labels, "annotated": list(self.annotated), "derived": list(self.derived),
                 **self.extras}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,45 @@ def make_benchmark(out: Path, preset: str = "quick", seed: int = 0,
     return out / "source", out / "target"
 
 
+def reimage_dataset(dataset: Path, out: Path, protocols: Sequence[Protocol | str], rng: np.random.Generator,
+                    noise_free_input: bool, name: str, description: str = "", meta: dict | None = None,
+                    label_role: str | None = None, keep_original: bool = False, labelled_only: bool = False,
+                    suffix: bool = True, clip: tuple[float, float] | None = None) -> Path:
+    """Re-image every case of ``dataset`` with each of ``protocols`` into a new dataset ``out``: the same anatomy
+    and labels under other texture. The one re-imaging path of styleseg: ``styleseg simulate``, the pipeline's
+    simulated target (labels moved to ``labelsRef``) and its oracle arm (``keep_original``: the source case too).
+
+    Each new case is ``<case>_<protocol>`` (``suffix``) or keeps its id, records ``patient`` (the source case's
+    patient, so splits keep the versions of one patient together), ``protocol`` and ``protocol_params``, and
+    keeps the source's other extras. ``label_role`` moves labels (None: as they are); ``labelled_only`` skips
+    unlabelled cases; ``clip``: the HU range the result is clipped to (None: int16 only). ``rng`` draws the noise
+    of every slice in case order, so a seed reproduces the dataset."""
+    ds = Dataset(dataset)
+    prots = [get_protocol(p.name if isinstance(p, Protocol) and p.name in PROTOCOLS else p) for p in protocols]
+    with DatasetWriter(out, name, ds.schema, description, meta=dict(meta or {})) as w:
+        for rec in (ds.labelled_cases() if labelled_only else ds.cases):
+            img = ds.load_image(rec.case_id)
+            lab = ds.load_label(rec.case_id, img)
+            kept = {k: v for k, v in rec.extras.items() if k not in ("protocol", "protocol_params", "patient")}
+            role = label_role or rec.labels or "labelsTr"
+            ann = rec.annotated if lab is not None else None
+            if keep_original:
+                w.add_case(rec.case_id, img, lab, annotated=ann, derived=rec.derived, label_role=role,
+                           patient=rec.patient, **kept)
+            sx, sy = img.spacing[0], img.spacing[1]
+            if not math.isclose(sx, sy, rel_tol=0.02):
+                raise InputError(ds.image_path(rec.case_id), f"anisotropic pixels {sx:.3f} x {sy:.3f} mm",
+                                 "resample the image to square pixels first")
+            for prot in prots:
+                hu = reimage(img.array.astype(np.float32), sx, prot, rng, noise_free_input=noise_free_input)
+                if clip is not None:
+                    hu = np.clip(np.rint(hu), *clip)
+                cid = f"{rec.case_id}_{prot.name}" if suffix else rec.case_id
+                w.add_case(cid, img.with_array(hu), lab, annotated=ann, derived=rec.derived, label_role=role,
+                           patient=rec.patient, protocol=prot.name, protocol_params=prot.to_json(), **kept)
+    return out
+
+
 def simulate_dataset(dataset: Path, out: Path, protocol: Protocol | str | None = None,
                      dose_fraction: float | None = None, kernel: str | None = None, seed: int = 0,
                      noise_free_input: bool | None = None) -> Path:
@@ -117,8 +157,6 @@ def simulate_dataset(dataset: Path, out: Path, protocol: Protocol | str | None =
     (``meta["simulated"]`` and each case's ``protocol``). ``noise_free_input`` None: True for phantom
     datasets (``meta["phantom"]``), else False (a real scan: only the extra noise is inserted).
     """
-    from rich.progress import Progress
-
     dataset, out = Path(dataset), Path(out)
     prot = get_protocol(protocol, dose_fraction, kernel)  # bad protocol/kernel/dose fail before any work
     ds = Dataset(dataset)
@@ -131,24 +169,7 @@ def simulate_dataset(dataset: Path, out: Path, protocol: Protocol | str | None =
     if out.exists():
         raise InputError(out, "output already exists", "choose another --out or remove it first")
     clean = bool(ds.meta.get("phantom", False)) if noise_free_input is None else noise_free_input
-    rng = np.random.default_rng([seed, 11])
     meta = {**ds.meta, "simulated": {"protocol": prot.to_json(), "from": str(dataset), "seed": seed,
                                      "noise_free_input": clean}}
-    with DatasetWriter(out, f"{ds.name}-{prot.name}", ds.schema, f"{ds.name} re-imaged with {prot.name}",
-                       meta=meta) as w, Progress(transient=True) as progress:
-        task = progress.add_task(f"simulate {prot.name}", total=len(ds))
-        for rec in ds:
-            img = ds.load_image(rec.case_id)
-            lab = ds.load_label(rec.case_id, img)
-            sx, sy = img.spacing[0], img.spacing[1]
-            if not math.isclose(sx, sy, rel_tol=0.02):
-                raise InputError(ds.image_path(rec.case_id), f"anisotropic pixels {sx:.3f} x {sy:.3f} mm",
-                                 "resample the image to square pixels first")
-            hu = reimage(img.array.astype(np.float32), sx, prot, rng, noise_free_input=clean)
-            new = img.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
-            extras = {k: v for k, v in rec.extras.items() if k not in ("protocol", "protocol_params")}
-            w.add_case(rec.case_id, new, lab, annotated=rec.annotated if lab is not None else None,
-                       derived=rec.derived, label_role=rec.labels or "labelsTr", protocol=prot.name,
-                       protocol_params=prot.to_json(), **extras)
-            progress.advance(task)
-    return out
+    return reimage_dataset(dataset, out, [prot], np.random.default_rng([seed, 11]), clean, f"{ds.name}-{prot.name}",
+                           f"{ds.name} re-imaged with {prot.name}", meta, suffix=False, clip=(-1024, 3071))

@@ -18,7 +18,7 @@ non-uniform FFTs (FINUFFT, Barnett et al. 2019): projection = 2D type-2 NUFFT of
 frequency samples, then a 1D inverse FFT along the detector; back-projection of filtered projections =
 2D type-1 NUFFT from the same polar samples. This is the exact Radon transform / back-projection of the
 band-limited (sinc-interpolated) image, costs O(N^2 log N) instead of O(N^3), and is checked against
-``skimage.transform.radon/iradon`` in tests/sim/test_sim_scanner.py. Every slice goes through the full chain
+``skimage.transform.radon/iradon`` in tests/sim/test_scanner.py. Every slice goes through the full chain
 (no noise-insertion shortcut is needed for the speed goal).
 
 Real (already noisy) input. A real scan already carries the noise of its own acquisition. With
@@ -36,7 +36,6 @@ tube-current modulation, and geometric slice profiles (``slice_mm`` scales the p
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
@@ -44,6 +43,14 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from styleseg.errors import ConfigError
+from styleseg.sim.projector import (
+    Geometry,
+    _geometry,
+    backproject_fourier,
+    fourier_to_sinogram,
+    project_fourier,
+    sinogram_to_fourier,
+)
 
 log = logging.getLogger("styleseg.sim.scanner")
 
@@ -51,7 +58,6 @@ MU_WATER_PER_MM = 0.0193  #: water at ~70 keV effective energy (NIST XCOM), 1/mm
 I0_REF = 1.2e5  #: incident photons per ray at the reference dose (standard protocol, 5 mm slice)
 REF_SLICE_MM = 5.0
 COUNT_FLOOR = 0.5  #: detected counts are clamped here before the log (scanners do the same)
-NUFFT_EPS = 1e-5
 #: AEC reference: 90th percentile of a slice's line integrals for an average adult chest (phantom, 0.9 mm)
 AEC_REF_P90 = 3.9
 AEC_RANGE = (0.05, 4.0)
@@ -174,132 +180,6 @@ def get_protocol(protocol: Protocol | str | None = None, dose_fraction: float | 
     return replace(base, name=name, dose_fraction=d, kernel=k)
 
 
-# --- geometry and projector -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Geometry:
-    """Parallel-beam geometry for an (H, W) image: ``views`` angles in [0, pi), ``n_det`` detector bins of
-    one pixel (centre bin ``n_det // 2``; image centre pixel ``(h // 2, w // 2)``), detector FFT length
-    ``n_pad`` (>= 2 n_det, so the ramp filter does not wrap around). Projections are real, so only the
-    ``n_pad // 2 + 1`` non-negative detector frequencies are kept (Hermitian symmetry)."""
-
-    h: int
-    w: int
-    views: int
-
-    @property
-    def n_det(self) -> int:
-        return int(math.ceil(math.hypot(self.h, self.w))) + 2
-
-    @functools.cached_property
-    def n_pad(self) -> int:
-        import scipy.fft
-
-        n = int(scipy.fft.next_fast_len(2 * self.n_det, real=True))
-        return n + (n % 2)
-
-    @property
-    def angles(self) -> np.ndarray:
-        return np.arange(self.views) * (np.pi / self.views)
-
-    @functools.cached_property
-    def omega(self) -> np.ndarray:
-        """Non-negative detector angular frequencies (rad/pixel), rfft order, length n_pad // 2 + 1."""
-        return 2 * np.pi * np.fft.rfftfreq(self.n_pad)
-
-    @functools.cached_property
-    def points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Polar frequency samples (row component, column component), flattened (views * n_freq)."""
-        th = self.angles[:, None]
-        om = self.omega[None, :]
-        return (np.ascontiguousarray((om * np.sin(th)).ravel(), dtype=np.float32),
-                np.ascontiguousarray((om * np.cos(th)).ravel(), dtype=np.float32))
-
-    @functools.cached_property
-    def det_shift(self) -> np.ndarray:
-        """Phase that puts detector bin 0 at ``s = -(n_det // 2)``."""
-        return np.exp(-1j * self.omega * (self.n_det // 2)).astype(np.complex64)
-
-    @functools.cached_property
-    def half_weights(self) -> np.ndarray:
-        """Weights that turn a sum over non-negative frequencies into the full (Hermitian) sum."""
-        w = np.full(self.omega.shape, 2.0)
-        w[0] = 1.0
-        w[-1] = 1.0  # Nyquist (n_pad is even)
-        return w
-
-    @functools.cached_property
-    def ramp(self) -> np.ndarray:
-        """Kak-Slaney discrete ramp (Kak & Slaney eq. 3.61; its DC term avoids the cupping of a sampled
-        |nu|), rfft order, cycles/pixel units."""
-        k = np.arange(self.n_pad)
-        d = np.minimum(k, self.n_pad - k)
-        f = np.where(d % 2 == 1, -1.0 / (np.pi * np.maximum(d, 1)) ** 2, 0.0)
-        f[0] = 0.25
-        return np.real(np.fft.rfft(f))
-
-
-@functools.lru_cache(maxsize=8)
-def _geometry(h: int, w: int, views: int) -> Geometry:
-    return Geometry(h, w, views)
-
-
-def _threads() -> int:
-    import os
-
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8))
-
-
-def project_fourier(mu: np.ndarray, geom: Geometry) -> np.ndarray:
-    """Polar Fourier samples ``P(theta, omega) = sum_x mu(x) exp(-i omega x.theta)`` of images (B, H, W)
-    -> complex64 (B, views, n_freq): a 2D type-2 NUFFT (Fourier-slice theorem)."""
-    import finufft
-
-    b = mu.shape[0]
-    x, y = geom.points
-    # FINUFFT modeord=0 puts mode 0 at index N//2: the image centre is pixel (h//2, w//2)
-    c = np.ascontiguousarray(mu, dtype=np.complex64)
-    out = finufft.nufft2d2(x, y, c, isign=-1, eps=NUFFT_EPS, nthreads=_threads())
-    return out.reshape(b, geom.views, geom.omega.size)
-
-
-def fourier_to_sinogram(pf: np.ndarray, geom: Geometry) -> np.ndarray:
-    """Polar Fourier samples -> float32 sinogram (B, views, n_det) of line integrals (pixel units)."""
-    import scipy.fft
-
-    sino = scipy.fft.irfft(pf * geom.det_shift, n=geom.n_pad, axis=-1, workers=_threads())
-    return np.ascontiguousarray(sino[..., : geom.n_det], dtype=np.float32)
-
-
-def sinogram_to_fourier(sino: np.ndarray, geom: Geometry) -> np.ndarray:
-    import scipy.fft
-
-    f = scipy.fft.rfft(np.asarray(sino, np.float32), n=geom.n_pad, axis=-1, workers=_threads())
-    return f * geom.det_shift.conj()
-
-
-def backproject_fourier(q: np.ndarray, geom: Geometry) -> np.ndarray:
-    """Back-project filtered polar Fourier samples (B, views, n_freq) -> images (B, H, W).
-
-    ``b(x) = (pi / views) * sum_theta q_theta(x . theta)`` with band-limited interpolation along the
-    detector: the real part of a type-1 NUFFT of ``w Q / n_pad`` (``w`` folds in the negative
-    frequencies).
-    """
-    import finufft
-
-    b = q.shape[0]
-    x, y = geom.points
-    c = q * (geom.half_weights * (np.pi / (geom.views * geom.n_pad))).astype(np.float32)
-    c = np.ascontiguousarray(c.reshape(b, -1), dtype=np.complex64)
-    img = finufft.nufft2d1(x, y, c, n_modes=(geom.h, geom.w), isign=1, eps=NUFFT_EPS, nthreads=_threads())
-    return img.real.reshape(b, geom.h, geom.w)
-
-
-def radon(image: np.ndarray, views: int = 180) -> np.ndarray:
-    """Parallel-beam sinogram (views, n_det) of a 2D image (pixel units; detector centre at n_det//2)."""
-    geom = _geometry(*image.shape, views)
-    return fourier_to_sinogram(project_fourier(np.asarray(image, float)[None], geom), geom)[0]
-
-
 def fbp(sinogram: np.ndarray, shape: tuple[int, int], kernel: str | None = None,
         spacing_mm: float = 1.0) -> np.ndarray:
     """Filtered back-projection of a (views, n_det) sinogram onto an image of ``shape`` (ramp filter,
@@ -329,7 +209,7 @@ def reimage(hu: np.ndarray, spacing_mm: float, protocol: Protocol | str, rng: np
     ``noise_free_input=False`` (a real reference-dose scan): only the additional noise and the kernel
     change relative to "standard" are applied (see the module docstring). The reference dose is
     calibrated to the input: ``input_noise_hu`` (soft-tissue noise std of the input; None: measured on
-    the middle slice with :func:`styleseg.sim.nps.slice_nps`) is matched by the simulated noise of the
+    the middle slice with :func:`styleseg.texture.slice_nps`) is matched by the simulated noise of the
     standard protocol at the reference dose on that slice, so dose fraction f adds variance
     ``sigma_in^2 (1/f - 1)`` (for the standard kernel).
     """
@@ -388,7 +268,7 @@ def _calibrate_real(hu: np.ndarray, spacing_mm: float, geom: Geometry, prot: Pro
     """I0 scale that makes the simulated reference-dose standard-kernel noise match the input's noise, or
     None when the input has no measurable noise (a synthetic image, e.g. a water cylinder written as NIfTI):
     there is no reference dose to add noise to, so the caller simulates the protocol's full noise."""
-    from styleseg.sim.nps import slice_nps
+    from styleseg.texture import slice_nps
 
     if input_noise_hu is None:
         try:

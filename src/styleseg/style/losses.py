@@ -178,7 +178,7 @@ def segment_mean_loss(hu_gen: torch.Tensor, masks_gen: torch.Tensor, target_mean
 # only with extra noise-like structure, and in our measurements the texture drifted *away* from the style
 # (docs/results-style.md). The NPS term anchors the CT-physics definition of texture directly: the radial
 # NPS of the generated slice in soft tissue against the style slice's, in log10 (decades), with the same
-# estimator as the texture metric (``sim.nps.slice_nps``: high-pass residual, sigma 3 px; mean-detrended
+# estimator as the texture metric (``texture.slice_nps``: high-pass residual, sigma 3 px; mean-detrended
 # square ROIs; radial average; frequencies where the high-pass gain is < 0.5 excluded).
 
 NPS_SIGMA_PX = 3.0
@@ -205,7 +205,7 @@ def highpass(x: torch.Tensor, sigma: float = NPS_SIGMA_PX) -> torch.Tensor:
 def radial_bins(n: int, sigma: float = NPS_SIGMA_PX, min_gain: float = 0.5,
                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Radial averaging matrix (n*n, nb) for an n x n power spectrum (annuli of width 1/n cycles/px, up to
-    Nyquist, as ``sim.nps.radial_nps``) and the mask (nb,) of bins where the high-pass gain
+    Nyquist, as ``texture.radial_nps``) and the mask (nb,) of bins where the high-pass gain
     ``(1 - exp(-2 (pi sigma f)^2))^2`` is >= ``min_gain`` (the bins the texture metric trusts)."""
     f = torch.fft.fftfreq(n, dtype=torch.float64)
     fr = torch.hypot(f[:, None], f[None, :]).reshape(-1)
@@ -282,11 +282,66 @@ def nps_texture_loss(hu_gen: torch.Tensor, label: torch.Tensor, target_log_nps: 
 
 def style_log_nps(hu: np.ndarray, label: np.ndarray, bins: torch.Tensor, roi: int = 24) -> torch.Tensor | None:
     """The target of :func:`nps_texture_loss` for one style slice: log10 radial power of the high-pass
-    residual in its near-uniform soft-tissue ROIs (``sim.nps.soft_tissue_rois``, the texture metric's ROI
+    residual in its near-uniform soft-tissue ROIs (``texture.soft_tissue_rois``, the texture metric's ROI
     choice), or None when the slice has none."""
-    from styleseg.sim.nps import soft_tissue_rois
+    from styleseg.texture import soft_tissue_rois
 
     rois = soft_tissue_rois(np.asarray(hu, np.float64), np.asarray(label) > 0, roi=roi)
     if not rois:
         return None
     return torch.log10(roi_radial_power(torch.from_numpy(np.stack(rois)).float(), bins.cpu()) + 1e-6)
+
+
+# --- the generator's objective ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NpsTargets:
+    """Per-style log10 radial NPS targets (S, nb), which styles have one (S,), and the estimator's bins."""
+
+    log_nps: torch.Tensor
+    has: torch.Tensor
+    bins: torch.Tensor
+    valid: torch.Tensor
+    classes: tuple[int, ...]
+    roi: int
+
+    def take(self, k: int) -> NpsTargets:
+        return NpsTargets(self.log_nps[k:k + 1], self.has[k:k + 1], self.bins, self.valid, self.classes, self.roi)
+
+
+@dataclass(frozen=True)
+class GeneratorLoss:
+    """What a style generator minimises: ``alpha`` x content (eq. 2) + ``beta`` x style (eq. 1), plus two terms
+    beyond the paper, ``gamma`` x segment mean HU (:func:`segment_mean_loss`) and ``nps_weight`` x NPS texture
+    (:func:`nps_texture_loss`). Kept apart from the training loop (as StyleGAN2-ADA keeps ``loss.py``), so the
+    loop only feeds it features and targets."""
+
+    alpha: float = 1.0
+    beta: float = 10.0
+    gamma: float = 10.0
+    nps_weight: float = 100.0
+    content_layers: tuple[str, ...] = ("relu2_1",)
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
+    style_weights: tuple[float, ...] = (1.0, 1.0)
+    nps_rois_per_image: int = 4
+
+    def __call__(self, feats_gen: Mapping[str, torch.Tensor], feats_orig: Mapping[str, torch.Tensor],
+                 hu_gen: torch.Tensor, label: torch.Tensor, masks: torch.Tensor, targets: StyleTargets,
+                 means: torch.Tensor, style: torch.Tensor, nps: NpsTargets | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total, parts) for generated slices ``hu_gen`` (B, 1, H, W) of label maps ``label`` (B, H, W)
+        (``masks``: their one-hot (B, K, H, W)); ``targets``/``means``: the style targets per batch element;
+        ``style`` (B,): each element's style index into ``nps``."""
+        lc = segment_content_loss(feats_gen, feats_orig, masks, self.content_layers)
+        ls = segment_style_loss(feats_gen, masks, targets, self.style_layers, self.style_weights)
+        lm = segment_mean_loss(hu_gen.float(), masks, means, targets.present)
+        total = self.alpha * lc + self.beta * ls + self.gamma * lm
+        ln = hu_gen.new_zeros((), dtype=torch.float32)
+        if nps is not None and self.nps_weight > 0:
+            use = nps.has[style]
+            if bool(use.any()):
+                ln = nps_texture_loss(hu_gen[use].float(), label[use], nps.log_nps[style[use]], nps.classes, nps.bins,
+                                      nps.valid, nps.roi, self.nps_rois_per_image, generator)
+                total = total + self.nps_weight * ln
+        return total, {"content": lc, "style": ls, "mean_hu": lm, "nps": ln}

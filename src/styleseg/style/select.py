@@ -6,7 +6,7 @@ textures" of the unannotated set. Here that choice is made from measurements:
 1. **Candidates**: per case, the slices with most body and (if the case has lungs) most lung, evenly
    spaced across that range (``candidates_per_case`` of them).
 2. **Descriptors** per slice, all at native pixel spacing (texture is lost by resampling):
-   - noise power spectrum (NPS) features (``styleseg.sim.nps``, ICRU Report 87) in two regions: soft
+   - noise power spectrum (NPS) features (``styleseg.texture``, ICRU Report 87) in two regions: soft
      tissue (``texture_descriptor`` inside the body) and lung/air (< -500 HU inside the body: detrended
      ROIs fully inside the region); per region the log noise std, mean and peak radial frequency and
      the log radial NPS at 12 frequencies;
@@ -28,7 +28,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,15 @@ from styleseg.errors import ConfigError, InputError
 from styleseg.io.dataset import DATASET_JSON, CaseRecord, Dataset
 from styleseg.io.volume import Volume
 from styleseg.labels import derive_body
+from styleseg.style.descriptors import (
+    central_crop,
+    gram_features,
+    kmedoids,
+    pca,
+    slice_descriptor,
+    slice_regions,
+    standardise_blocks,
+)
 from styleseg.style.styleset import StyleSet, StyleSlice, slice_volume
 
 log = logging.getLogger("styleseg.style.select")
@@ -85,181 +94,6 @@ def candidate_slices(hu: np.ndarray, k: int | None) -> list[int]:
     if k is not None and len(idx) > k:
         idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, k)).astype(int))]
     return [int(i) for i in idx]
-
-
-# --- NPS descriptors (styleseg.sim.nps) -----------------------------------------------------------
-def _region_rois(hu: np.ndarray, region: np.ndarray, r: int) -> np.ndarray:
-    """(M, r, r) ROIs (stride r/2) lying fully inside ``region``."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    s = max(r // 2, 1)
-    win = sliding_window_view(region, (r, r))[::s, ::s]
-    ok = win.all(axis=(2, 3))
-    rois = sliding_window_view(hu, (r, r))[::s, ::s][ok]
-    return np.asarray(rois, np.float64)
-
-
-def region_descriptor(hu: np.ndarray, region: np.ndarray, r: int = 32) -> np.ndarray:
-    """NPS descriptor of an arbitrary region (e.g. lung/air), in the format of
-    :func:`styleseg.sim.nps.texture_descriptor` (which covers soft tissue): ``[log10 std, mean f / Nyquist,
-    peak f / Nyquist, log10 radial NPS at N_DESCRIPTOR_BINS frequencies]``, per pixel.
-
-    ROIs fully inside ``region`` (half size if fewer than 4 fit) are detrended (2nd-order polynomial,
-    ICRU 87); the half with the lowest residual std is kept (rejects ROIs crossing a vessel or an edge).
-    NaNs when no ROI fits.
-    """
-    from styleseg.sim.nps import N_DESCRIPTOR_BINS, detrend_poly2, nps_2d, radial_nps, resample_radial
-
-    rois = _region_rois(hu, region, r)
-    if len(rois) < 4 and r >= 16:
-        rois = _region_rois(hu, region, r // 2)
-    if len(rois) == 0:
-        return np.full(3 + N_DESCRIPTOR_BINS, np.nan)
-    res = detrend_poly2(rois)
-    sd = res.std(axis=(1, 2))
-    nps2d, f = nps_2d(res[sd <= np.median(sd)], 1.0, detrend="none")
-    rad = radial_nps(nps2d, f, int((sd <= np.median(sd)).sum()))
-    grid = np.linspace(0.5 / N_DESCRIPTOR_BINS, 0.5, N_DESCRIPTOR_BINS)
-    prof = np.log10(resample_radial(rad, grid) + 1e-6)
-    return np.concatenate([[np.log10(rad.std + 1e-6), rad.mean_freq / 0.5, rad.peak_freq / 0.5], prof])
-
-
-def slice_descriptor(hu: np.ndarray, body: np.ndarray, r: int = 32) -> np.ndarray:
-    """NPS features of a slice: soft tissue (:func:`styleseg.sim.nps.texture_descriptor` inside the body)
-    and lung/air (:func:`region_descriptor`)."""
-    from styleseg.sim.nps import texture_descriptor
-
-    st = np.asarray(texture_descriptor(hu, body), np.float64)
-    return np.concatenate([st, region_descriptor(hu, slice_regions(hu, body)["air"], r)])
-
-
-def slice_regions(hu: np.ndarray, body: np.ndarray) -> dict[str, np.ndarray]:
-    """Soft-tissue and lung/air masks inside the body, eroded so ROIs stay away from boundaries."""
-    from scipy import ndimage as ndi
-
-    st = ndi.binary_erosion(body & (hu > -150) & (hu < 250), iterations=2)
-    air = ndi.binary_erosion(body & (hu < -500), iterations=2)
-    return {"soft_tissue": st, "air": air}
-
-
-# --- VGG Gram descriptors --------------------------------------------------------------------------
-def _central_crop(a: np.ndarray, centre: tuple[int, int], size: int) -> tuple[slice, slice]:
-    h, w = a.shape
-    sh, sw = min(size, h), min(size, w)
-    y0 = int(np.clip(centre[0] - sh // 2, 0, h - sh))
-    x0 = int(np.clip(centre[1] - sw // 2, 0, w - sw))
-    return slice(y0, y0 + sh), slice(x0, x0 + sw)
-
-
-def gram_features(hus: Sequence[np.ndarray], bodies: Sequence[np.ndarray], cfg: SelectConfig,
-                  masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """Log centred Gram diagonals of VGG-19 low layers: per channel, the variance of the activation
-    over ``masks`` (default: the body; selection passes the soft tissue), on a crop of ``cfg.vgg_crop``
-    px around the body's centre in the soft-tissue window W400/L40; (N, sum of channels).
-
-    Centring matters: the raw Gram diagonal E[F^2] is dominated by the mean activation (the tissue's
-    HU), while the variance carries the texture that the style loss (eq. 1) transfers."""
-    import torch
-    from torch.nn import functional as F
-
-    from styleseg.data.slices import window
-    from styleseg.style.vgg import VGG19Features
-
-    vgg = VGG19Features(weights=cfg.vgg_weights, layers=cfg.vgg_layers)
-    out = []
-    with torch.no_grad():
-        for i, (hu, body) in enumerate(zip(hus, bodies, strict=True)):
-            region = body if masks is None or not masks[i].any() else masks[i]
-            ys, xs = np.nonzero(body)
-            c = (int(ys.mean()), int(xs.mean())) if len(ys) else (hu.shape[0] // 2, hu.shape[1] // 2)
-            sy, sx = _central_crop(hu, c, cfg.vgg_crop)
-            x = torch.from_numpy(window(hu[sy, sx], 40.0, 400.0))[None, None]
-            m = torch.from_numpy(region[sy, sx].astype(np.float32))[None, None]
-            feats = vgg(x)
-            row = []
-            for name in cfg.vgg_layers:
-                fm = feats[name][0]
-                mm = F.interpolate(m, size=fm.shape[-2:], mode="area")[0, 0] > 0.5
-                if not mm.any():
-                    mm = torch.ones_like(mm)
-                row.append(torch.log(fm[:, mm].var(1, unbiased=False) + 1e-6).numpy())
-            out.append(np.concatenate(row))
-    return np.stack(out)
-
-
-# --- clustering ------------------------------------------------------------------------------------
-def standardise_blocks(blocks: Sequence[np.ndarray]) -> np.ndarray:
-    """z-score each column (NaN -> 0), then weight each block by 1/sqrt(columns) so every block
-    carries the same total variance whatever its size."""
-    parts = []
-    for b in blocks:
-        b = np.asarray(b, np.float64)
-        ok = ~np.isnan(b).all(0)
-        mu = np.zeros(b.shape[1])
-        sd = np.zeros(b.shape[1])
-        mu[ok] = np.nanmean(b[:, ok], 0)
-        sd[ok] = np.nanstd(b[:, ok], 0)
-        z = np.where(sd > 1e-9, (b - mu) / np.where(sd > 1e-9, sd, 1.0), 0.0)
-        parts.append(np.nan_to_num(z) / np.sqrt(b.shape[1]))
-    return np.concatenate(parts, 1)
-
-
-def pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores on the first ``k`` principal components and the explained-variance ratios."""
-    xc = x - x.mean(0)
-    u, s, _ = np.linalg.svd(xc, full_matrices=False)
-    k = max(1, min(k, len(s)))
-    var = s ** 2 / max((s ** 2).sum(), 1e-12)
-    return u[:, :k] * s[:k], var[:k]
-
-
-def _swap(d: np.ndarray, med: np.ndarray) -> tuple[np.ndarray, float]:
-    """PAM SWAP: exchange a medoid with a non-medoid while the total distance decreases."""
-    n, k = len(d), len(med)
-    ar = np.arange(n)
-    while True:
-        dm = d[:, med]
-        order = np.argsort(dm, 1, kind="stable")
-        d1 = dm[ar, order[:, 0]]
-        d2 = dm[ar, order[:, 1]] if k > 1 else np.full(n, np.inf)
-        cost = d1.sum()
-        best = (-1e-9 * max(cost, 1.0), -1, -1)
-        for i in range(k):
-            base = np.where(order[:, 0] == i, d2, d1)
-            delta = np.minimum(base[None, :], d).sum(1) - cost
-            delta[med] = np.inf
-            h = int(np.argmin(delta))
-            if delta[h] < best[0]:
-                best = (float(delta[h]), i, h)
-        if best[1] < 0:
-            return med, float(cost)
-        med = med.copy()
-        med[best[1]] = best[2]
-
-
-def kmedoids(x: np.ndarray, k: int, seed: int = 0, restarts: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
-    """k-medoids (PAM BUILD + SWAP, plus ``restarts`` seeded random starts) on Euclidean distances.
-
-    Returns (medoid indices, cluster label per point, total distance). Deterministic for a seed.
-    """
-    n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} must be between 1 and the number of points ({n})")
-    d = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
-    med = [int(np.argmin(d.sum(1)))]  # BUILD
-    while len(med) < k:
-        cur = d[:, med].min(1)
-        gain = np.maximum(cur[None, :] - d, 0).sum(1)
-        gain[med] = -1
-        med.append(int(np.argmax(gain)))
-    best_med, best_cost = _swap(d, np.array(med))
-    rng = np.random.default_rng(seed)
-    for _ in range(restarts):
-        m, c = _swap(d, rng.choice(n, k, replace=False))
-        if c < best_cost - 1e-9:
-            best_med, best_cost = m, c
-    labels = np.argmin(d[:, best_med], 1)
-    return best_med, labels, best_cost
 
 
 # --- tags ------------------------------------------------------------------------------------------
@@ -355,17 +189,13 @@ def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None)
 
 
 def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int]] | None = None,
-                labels_from: Path | None = None, seed: int = 0, use_vgg: bool = True,
-                exclude_cases: Sequence[str] = (), candidates_per_case: int | None = None,
+                labels_from: Path | None = None, seed: int = 0, exclude_cases: Sequence[str] = (),
                 require_labels: bool = False, overwrite: bool = False,
                 config: SelectConfig | None = None) -> StyleSet:
     """Choose ``n`` style slices of the target dataset (or take ``manual`` (case, slice) pairs), attach
     label maps (dataset labels, else ``labels_from`` predictions), and write the style set to ``out``
-    with ``contact_sheet.png``. ``candidates_per_case`` and ``use_vgg`` override ``config``."""
+    with ``contact_sheet.png``."""
     cfg = config or SelectConfig()
-    cfg = replace(cfg, use_vgg=use_vgg and cfg.use_vgg,
-                  candidates_per_case=candidates_per_case if candidates_per_case is not None
-                  else cfg.candidates_per_case)
     target, out = Path(target), Path(out)
     if out.exists() and not overwrite:
         raise InputError(out, "output already exists", "choose another --out or remove it first")
@@ -394,8 +224,8 @@ def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int
         desc = "NPS"
         if cfg.use_vgg:
             t1 = time.perf_counter()
-            blocks.append(gram_features([c.hu for c in cands], [c.body for c in cands], cfg,
-                                        [r["soft_tissue"] for r in regions]))
+            blocks.append(gram_features([c.hu for c in cands], [c.body for c in cands], cfg.vgg_layers,
+                                        cfg.vgg_crop, cfg.vgg_weights, [r["soft_tissue"] for r in regions]))
             timings["vgg_s"] = time.perf_counter() - t1
             desc = "NPS+Gram"
         t1 = time.perf_counter()
@@ -509,7 +339,7 @@ def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndar
         body = derive_body(s.hu)
         ys, xs = np.nonzero(body)
         c = (int(ys.mean()), int(xs.mean())) if len(ys) else (img.shape[0] // 2, img.shape[1] // 2)
-        sy, sx = _central_crop(img, c, zoom)
+        sy, sx = central_crop(img, c, zoom)
         ax = fig.add_subplot(grid[1, i])
         ax.imshow(img[sy, sx], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{zoom} px at native spacing", fontsize=6)

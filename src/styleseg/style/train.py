@@ -3,18 +3,19 @@
 For each style slice S (or once, for the conditional generator, with a random style per batch element)
 the generator learns to turn every source label map into a slice with S's texture: the content target is
 the source slice O whose label map is the input, the style targets are S's per-segment Gram matrices,
-computed ONCE on the whole style slice at native spacing. Training uses random crops at native spacing
-(the generator is fully convolutional and Gram matrices are area-normalised averages, so crops carry
-the style); nothing is resampled.
+computed ONCE on the whole style slice at native spacing (:mod:`styleseg.style.targets`). Training uses
+random crops at native spacing (the generator is fully convolutional and Gram matrices are area-normalised
+averages, so crops carry the style); nothing is resampled. The objective is one object,
+:class:`styleseg.style.losses.GeneratorLoss`; the bookkeeping (checkpoints, log, progress) is the shared
+:class:`styleseg.trainer.TrainingRun`.
 
 Beyond the paper, ``gamma`` weights a per-segment mean-HU term against the style slice's segment means
-(the VGG losses see the soft-tissue window only; lungs and bone lie outside it). It is logged separately.
-With the residual generator (the default, see :mod:`styleseg.style.generator`) the segment means are
-exact by construction and the term only reports them. The content target O is intensity-matched
-(``content_match_means``): each segment of O is shifted to the style slice's mean of that segment, so
-eq. (2) asks for the source's anatomy, not for its (other) contrast and brightness, and no longer pulls
-against the style's intensities. The generator's noise colouring filter and amplitudes start from the
-style slice's measured NPS (:func:`texture_init`, ``noise_init="nps"``) and are refined by eq. (1).
+(the VGG losses see the soft-tissue window only; lungs and bone lie outside it). With the residual generator
+(the default, see :mod:`styleseg.style.generator`) the segment means are exact by construction and the term
+only reports them. The content target O is intensity-matched (``content_match_means``): each segment of O
+is shifted to the style slice's mean of that segment, so eq. (2) asks for the source's anatomy, not for its
+(other) contrast and brightness. The generator's noise colouring filter and amplitudes start from the style
+slice's measured NPS (``noise_init="nps"``) and are refined by eq. (1).
 
 Output folder::
 
@@ -26,84 +27,64 @@ Output folder::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from styleseg.config import check_preset, config_hash, new_option, to_dict
+from styleseg.config import check_preset, config_hash, hash_view, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
+from styleseg.style.data import Source, load_source, load_styles, sample_batch
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
-from styleseg.style.losses import (
-    StyleTargets,
-    nps_texture_loss,
-    radial_bins,
-    segment_content_loss,
-    segment_masks,
-    segment_mean_loss,
-    segment_style_loss,
-    style_log_nps,
-    style_targets,
-)
+from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
+from styleseg.style.targets import compute_targets, nps_targets, texture_init
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
 
 log = logging.getLogger("styleseg.style.train")
 
-NPS_SOFT_TISSUE = ("heart", "body")  # segments whose texture the NPS term compares
 
+# --- configuration -------------------------------------------------------------------------------------
 
-@dataclass
-class NpsTargets:
-    """Per-style log10 radial NPS targets (S, nb), which styles have one (S,), and the estimator's bins."""
+@dataclass(frozen=True)
+class GeneratorArch:
+    """What the generator is (:class:`styleseg.style.generator.GeneratorSpec` is built from it)."""
 
-    log_nps: torch.Tensor
-    has: torch.Tensor
-    bins: torch.Tensor
-    valid: torch.Tensor
-    classes: tuple[int, ...]
-    roi: int
+    base: int = 16
+    n_res: int = 3
+    output: str = "residual"
+    noise_kernel: int = 11
+    noise_init: str = "nps"
+    train_texture: bool = False
+    image_input: bool = False
+    # with image_input: the source slice passes through, the network changes only its texture (generator.py)
+    source_skip: bool = new_option(False)
+    source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
+    bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
+    conditional: bool = False
 
-    def take(self, k: int) -> NpsTargets:
-        return NpsTargets(self.log_nps[k:k + 1], self.has[k:k + 1], self.bins, self.valid, self.classes, self.roi)
-
-
-def nps_targets(style_hu: list[np.ndarray], style_labels: list[np.ndarray], schema, roi: int,
-                device: torch.device) -> NpsTargets:
-    """The NPS term's targets for every style slice. Like the texture metric (``sim.nps.slice_nps``), a
-    slice whose flat soft tissue holds no ``roi``-px ROI is measured with smaller ones: the largest of
-    roi, 2/3 roi, 1/2 roi that every style allows is used (a style with none at all gets no NPS term)."""
-    logs: list[torch.Tensor | None] = []
-    for size in (roi, max(8, roi * 2 // 3), max(8, roi // 2)):
-        bins, valid = radial_bins(size)
-        logs = [style_log_nps(h, lab, bins, size) for h, lab in zip(style_hu, style_labels, strict=True)]
-        if all(lg is not None for lg in logs):
-            break
-    for i, lg in enumerate(logs):
-        if lg is None:
-            log.warning("style %d: no near-uniform soft-tissue ROI; its NPS texture term is off", i)
-    has = torch.tensor([lg is not None for lg in logs])
-    tgt = torch.stack([lg if lg is not None else torch.zeros(bins.shape[1]) for lg in logs])
-    classes = tuple(schema.value(n) for n in NPS_SOFT_TISSUE if n in schema.names)
-    log.info("NPS texture term: %d-px ROIs, %d of %d styles", size, int(has.sum()), len(logs))
-    return NpsTargets(tgt.to(device), has.to(device), bins.to(device), valid.to(device), classes, size)
+    def __post_init__(self) -> None:
+        if self.output not in ("residual", "tanh"):
+            raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.source_skip and not (self.image_input and self.output == "residual"):
+            raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
+                              "passes through) and output = 'residual'")
+        if self.noise_init not in ("nps", "white"):
+            raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
+        if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
+            raise ConfigError("[generators].noise_kernel must be a positive odd number")
+        if self.base < 1 or self.n_res < 0 or self.source_sigma < 0 or self.bone_hu < 0:
+            raise ConfigError("[generators]: base >= 1, n_res >= 0, source_sigma >= 0 and bone_hu >= 0 are required")
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    """Generator training settings. ``steps`` is per separate generator; the conditional generator runs
-    ``conditional_steps`` (0: 2 x ``steps``) for all styles together. ``epochs`` > 0 overrides ``steps``
-    with epochs x (number of source slices) / batch."""
+class GeneratorLossConfig:
+    """The weights and VGG layers of :class:`~styleseg.style.losses.GeneratorLoss`."""
 
-    crop: int = 64
-    steps: int = 100
-    epochs: int = 0
-    conditional_steps: int = 0
-    batch: int = 2
-    lr: float = 1e-3
     alpha: float = 1.0
     beta: float = 10.0
     gamma: float = 10.0
@@ -112,25 +93,7 @@ class GeneratorConfig:
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1")
     style_weights: tuple[float, ...] = (1.0, 1.0)
     content_layers: tuple[str, ...] = ("relu2_1",)
-    output: str = "residual"
-    noise_kernel: int = 11
-    noise_init: str = "nps"
     content_match_means: bool = True
-    train_texture: bool = False
-    base: int = 16
-    n_res: int = 3
-    image_input: bool = False
-    # with image_input: the source slice passes through, the network changes only its texture (generator.py)
-    source_skip: bool = new_option(False)
-    source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
-    bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
-    conditional: bool = False
-    bf16: bool = False
-    vgg_weights: str = ""
-    device: str = "auto"
-    log_every: int = 10
-    checkpoint_every: int = 50
-    seed: int = 0
 
     def __post_init__(self) -> None:
         for n in (*self.style_layers, *self.content_layers):
@@ -138,22 +101,76 @@ class GeneratorConfig:
                 raise ConfigError(f"[generators]: unknown VGG layer {n!r}; valid: {', '.join(LAYER_NAMES)}")
         if len(self.style_weights) != len(self.style_layers):
             raise ConfigError("[generators]: style_weights needs one weight per style layer")
+        if min(self.alpha, self.beta, self.gamma, self.nps_weight) < 0 or self.nps_roi < 8:
+            raise ConfigError("[generators]: alpha, beta, gamma and nps_weight must be >= 0 and nps_roi >= 8")
+
+    def loss(self) -> GeneratorLoss:
+        return GeneratorLoss(self.alpha, self.beta, self.gamma, self.nps_weight, self.content_layers,
+                             self.style_layers, self.style_weights)
+
+
+@dataclass(frozen=True)
+class GeneratorOptim:
+    """How the generator is optimised. ``steps`` is per separate generator; the conditional generator runs
+    ``conditional_steps`` (0: 2 x ``steps``) for all styles together. ``epochs`` > 0 overrides ``steps`` with
+    epochs x (number of source slices) / batch."""
+
+    crop: int = 64
+    steps: int = 100
+    epochs: int = 0
+    conditional_steps: int = 0
+    batch: int = 2
+    lr: float = 1e-3
+    bf16: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
         if self.crop < 16 or self.crop % 4:
             raise ConfigError("[generators].crop must be a multiple of 4 and >= 16")
-        if self.steps < 1 or self.batch < 1 or self.lr <= 0:
+        if self.steps < 1 or self.batch < 1 or not self.lr > 0:
             raise ConfigError("[generators]: steps, batch and lr must be positive")
-        if self.output not in ("residual", "tanh"):
-            raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
-        if self.source_skip and not (self.image_input and self.output == "residual"):
-            raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
-                              "passes through) and output = 'residual'")
-        if self.noise_init not in ("nps", "white"):
-            raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
-        if self.nps_weight < 0 or self.nps_roi < 8:
-            raise ConfigError(f"[generators]: nps_weight must be >= 0 and nps_roi >= 8, got {self.nps_weight}, "
-                              f"{self.nps_roi}")
-        if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
-            raise ConfigError("[generators].noise_kernel must be a positive odd number")
+        if self.epochs < 0 or self.conditional_steps < 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("[generators]: epochs and conditional_steps must be >= 0, log_every and "
+                              "checkpoint_every >= 1")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Generator training settings in three sections: ``arch`` (what the generator is), ``loss`` (what it
+    minimises) and ``optim`` (how). TOML takes them flat (``[generators] steps = 60``) or by section
+    (``[generators.optim] steps = 60``)."""
+
+    arch: GeneratorArch = field(default_factory=GeneratorArch)
+    loss: GeneratorLossConfig = field(default_factory=GeneratorLossConfig)
+    optim: GeneratorOptim = field(default_factory=GeneratorOptim)
+    vgg_weights: str = ""
+
+    @classmethod
+    def flat_keys(cls) -> dict[str, str]:
+        """{option: section} for the flat spelling of every sectioned option."""
+        return {f.name: sec for sec, tp in (("arch", GeneratorArch), ("loss", GeneratorLossConfig),
+                                            ("optim", GeneratorOptim)) for f in dataclasses.fields(tp)}
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> GeneratorConfig:
+        """A config from flat options (``GeneratorConfig.from_flat(steps=2, base=4)``), the rest at defaults."""
+        from styleseg.config import resolve
+
+        return resolve(cls, None, options, where="generators")
+
+    def replace(self, **options: Any) -> GeneratorConfig:
+        """A copy with flat options changed (``cfg.replace(conditional=True)``)."""
+        from styleseg.config import resolve
+
+        return resolve(GeneratorConfig, None, to_dict(self), options, where="generators")
+
+    def hash_fields(self) -> dict[str, Any]:
+        """The flat view its stage and checkpoint hashes use (the same as before the sections existed)."""
+        return {**hash_view(self.arch), **hash_view(self.loss), **hash_view(self.optim),
+                "vgg_weights": self.vgg_weights}
 
     @classmethod
     def preset(cls, name: str) -> GeneratorConfig:
@@ -166,269 +183,147 @@ class GeneratorConfig:
         check_preset(name)
         if name == "quick":
             return cls()
-        return cls(crop=256, epochs=100, batch=16, lr=1e-3, base=32, n_res=5,
-                   style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
-                   style_weights=(1.0, 1.0, 1.0, 1.0, 1.0), content_layers=("relu4_2",), bf16=True,
-                   log_every=50, checkpoint_every=500)
-
-
-# --- data ---------------------------------------------------------------------------------------------
-
-@dataclass
-class _Source:
-    images: np.ndarray  # (N, H, W) int16 HU
-    labels: np.ndarray  # (N, H, W) uint8
-
-
-def load_source(source: Path):
-    """The labelled source slices (all slices of labelled cases that contain a label)."""
-    from styleseg.data.slices import SliceStore
-    from styleseg.io.dataset import Dataset
-
-    ds = Dataset(source)
-    store = SliceStore.from_dataset(ds, label_role="labelsTr", only_labelled_slices=True)
-    if len(store) == 0 or store.labels is None:
-        raise InputError(source, "the source dataset has no labelled slices (labelsTr)",
-                         "generators learn from annotated source slices; import labelled data first")
-    return ds, _Source(store.images, store.labels)
-
-
-def load_styles(styles: Path, schema):
-    """The style set, checked: every style slice needs a label map whose values are in the schema."""
-    from styleseg.style.styleset import STYLES_JSON, StyleSet, label_name
-
-    ss = StyleSet.load(styles)
-    ss.require_labels(styles)
-    if not ss.styles:
-        raise InputError(Path(styles) / STYLES_JSON, "the style set is empty", "pick at least one style slice")
-    for s in ss.styles:
-        schema.check_label_values(s.label_map, str(Path(styles) / label_name(s.index)))
-    return ss
-
-
-def compute_targets(vgg: VGG19Features, hu: list[np.ndarray], labels: list[np.ndarray], num_classes: int,
-                    layers: tuple[str, ...], device: torch.device) -> tuple[StyleTargets, torch.Tensor]:
-    """Per-segment Gram targets (computed once, whole slice, native spacing) and mean HU per segment."""
-    per, means = [], []
-    with torch.no_grad():
-        for h, lab in zip(hu, labels, strict=True):
-            x = torch.from_numpy(np.asarray(h, np.float32))[None, None].to(device)
-            lt = torch.from_numpy(np.asarray(lab, np.int64))[None].to(device)
-            masks = segment_masks(lt, num_classes)
-            feats = vgg(ct_to_vgg_input(x))
-            per.append(style_targets({k: feats[k].float() for k in layers}, masks, layers))
-            area = masks.flatten(2).sum(2)
-            means.append((x * masks).flatten(2).sum(2) / area.clamp_min(1))
-    t = StyleTargets({k: torch.cat([p.grams[k] for p in per]) for k in layers}, torch.cat([p.present for p in per]))
-    return t, torch.cat(means)
-
-
-def _hp_noise_std(hu: np.ndarray, mask: np.ndarray) -> float:
-    """Robust noise estimate inside ``mask`` (eroded): 1.4826 MAD of ``hu - G_1px * hu``, in units where
-    unit white noise gives 1 (so it is the white-noise-equivalent std of the high-pass band)."""
-    from scipy import ndimage as ndi
-
-    m = ndi.binary_erosion(mask, iterations=2)
-    if m.sum() < 30:
-        return float("nan")
-    resid = hu - ndi.gaussian_filter(hu, 1.0)
-    v = resid[m]
-    white = 0.874  # 1.4826 MAD of (n - G_1px n) for unit white n (measured on 512^2 samples)
-    return float(1.4826 * np.median(np.abs(v - np.median(v))) / white)
-
-
-def texture_init(hu: np.ndarray, label: np.ndarray, num_classes: int, kernel: int = 11,
-                 mode: str = "nps") -> tuple[np.ndarray, np.ndarray]:
-    """Initial noise colouring filter (k, k; unit energy) and per-segment amplitudes (K,; HU) of a style slice.
-
-    ``mode="nps"``: |H(f)| = sqrt(NPS(f)) from the soft-tissue NPS of the slice (:func:`styleseg.sim.nps.
-    slice_nps`, per pixel), zero phase, cropped to k x k and normalised; the soft-tissue amplitude is the
-    NPS's noise std. Other segments scale it by their robust high-pass noise relative to soft tissue
-    (clipped to [0.3, 3]). ``mode="white"``, or a slice without a usable soft-tissue ROI: a delta filter
-    (white noise) with the robust high-pass estimate as amplitude."""
-    from styleseg.sim.nps import resample_radial, slice_nps
-
-    hu = np.asarray(hu, np.float64)
-    label = np.asarray(label)
-    ref = _hp_noise_std(hu, np.isin(label, (3, 6)))
-    if not np.isfinite(ref):
-        ref = _hp_noise_std(hu, label > 0)
-    ref = 10.0 if not np.isfinite(ref) else max(ref, 1.0)
-    filt = np.zeros((kernel, kernel))
-    filt[kernel // 2, kernel // 2] = 1.0
-    soft = ref
-    if mode == "nps":
-        try:
-            r = slice_nps(hu, 1.0, label > 0)
-            n = 64
-            f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij"))
-            mag = np.sqrt(np.maximum(resample_radial(r, np.minimum(f, r.freq[-1])), 0.0))
-            mag[0, 0] = 0.0
-            h = np.fft.fftshift(np.real(np.fft.ifft2(mag)))
-            c, k2 = n // 2, kernel // 2
-            filt = h[c - k2:c + k2 + 1, c - k2:c + k2 + 1]
-            filt = filt / max(float(np.sqrt((filt**2).sum())), 1e-12)
-            soft = float(r.std)
-        except ValueError:
-            log.info("no soft-tissue NPS in the style slice; white-noise initialisation")
-    amps = np.full(num_classes, soft, np.float32)
-    for k in range(num_classes):
-        e = _hp_noise_std(hu, label == k)
-        if np.isfinite(e):
-            amps[k] = soft * float(np.clip(e / ref, 0.3, 3.0))
-    return filt.astype(np.float32), amps
-
-
-def sample_batch(src: _Source, crop: int, batch: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic batch of crops for (seed, step): resuming reproduces the same batches."""
-    from styleseg.data.slices import random_crop_indices
-
-    rng = np.random.default_rng([seed, step])
-    idx = rng.integers(0, len(src.images), batch)
-    h, w = src.images.shape[1:]
-    c = min(crop, h - h % 4, w - w % 4)
-    imgs, labs = [], []
-    for i in idx:
-        y0, x0 = random_crop_indices(rng, (h, w), c, weight_mask=src.labels[i] > 0)
-        imgs.append(src.images[i, y0:y0 + c, x0:x0 + c])
-        labs.append(src.labels[i, y0:y0 + c, x0:x0 + c])
-    return np.stack(imgs), np.stack(labs)
+        return cls(GeneratorArch(base=32, n_res=5),
+                   GeneratorLossConfig(style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+                                       style_weights=(1.0, 1.0, 1.0, 1.0, 1.0), content_layers=("relu4_2",)),
+                   GeneratorOptim(crop=256, epochs=100, batch=16, lr=1e-3, bf16=True, log_every=50,
+                                  checkpoint_every=500))
 
 
 # --- one generator -----------------------------------------------------------------------------------
 
-def _fit_one(folder: Path, src: _Source, targets: StyleTargets, means: torch.Tensor, style_records: list[dict],
-             vgg: VGG19Features, cfg: GeneratorConfig, num_classes: int, schema, steps: int,
-             device: torch.device, resume: bool, progress: bool, extra_json: dict[str, Any],
-             texture: tuple[torch.Tensor, torch.Tensor] | None = None, nps: NpsTargets | None = None) -> Path:
-    from styleseg.runs import append_jsonl, load_checkpoint, save_checkpoint, seed_everything
+@dataclass
+class _Job:
+    """One generator to train: its folder, style targets and the shared inputs."""
 
+    folder: Path
+    src: Source
+    targets: StyleTargets
+    means: torch.Tensor
+    records: list[dict]
+    steps: int
+    texture: tuple[torch.Tensor, torch.Tensor]
+    nps: NpsTargets | None
+
+
+def _build(job: _Job, cfg: GeneratorConfig, num_classes: int, schema) -> StyleGenerator:
+    from styleseg.runs import seed_everything
+
+    a = cfg.arch
+    n_styles = len(job.records) if a.conditional else 1
+    body = schema.value("body") if a.bone_hu > 0 and "body" in schema.names else -1
+    spec = GeneratorSpec(num_classes=num_classes, base=a.base, n_res=a.n_res, n_styles=n_styles,
+                         conditional=a.conditional, image_input=a.image_input, output=a.output,
+                         noise_kernel=a.noise_kernel, bone_hu=a.bone_hu if body >= 0 else 0.0,
+                         body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma)
+    seed_everything(cfg.optim.seed)
+    model = StyleGenerator(spec)
+    model.init_prior(job.means.cpu(), job.targets.present.cpu())
+    if a.output == "residual":
+        model.init_texture(*job.texture)
+        if not a.train_texture:  # keep the measured NPS texture (see docs/style.md)
+            model.noise_filter.requires_grad_(False)
+            model.noise_amp.requires_grad_(False)
+    return model
+
+
+def _fit_one(job: _Job, vgg: VGG19Features, cfg: GeneratorConfig, num_classes: int, schema, device: torch.device,
+             resume: bool, progress: bool, extra_json: dict[str, Any]) -> Path:
+    from styleseg.trainer import TrainingRun
+
+    folder = job.folder
     folder.mkdir(parents=True, exist_ok=True)
     chash = config_hash(cfg, extra_json)
     if resume and (folder / "model.json").exists():
-        import json
-
         if json.loads((folder / "model.json").read_text()).get("config_hash") == chash:
             log.info("%s: already trained with this config, skipped", folder)
             return folder
-    n_styles = len(style_records) if cfg.conditional else 1
-    body = schema.value("body") if cfg.bone_hu > 0 and "body" in schema.names else -1
-    spec = GeneratorSpec(num_classes=num_classes, base=cfg.base, n_res=cfg.n_res, n_styles=n_styles,
-                         conditional=cfg.conditional, image_input=cfg.image_input, output=cfg.output,
-                         noise_kernel=cfg.noise_kernel, bone_hu=cfg.bone_hu if body >= 0 else 0.0,
-                         body_value=body, source_skip=cfg.source_skip,
-                         source_sigma=cfg.source_sigma)
-    seed_everything(cfg.seed)
-    model = StyleGenerator(spec)
-    model.init_prior(means.cpu(), targets.present.cpu())
-    if texture is not None and cfg.output == "residual":
-        model.init_texture(*texture)
-    if cfg.output == "residual" and not cfg.train_texture:  # keep the measured NPS texture (see docs/style.md)
-        model.noise_filter.requires_grad_(False)
-        model.noise_amp.requires_grad_(False)
-    model.to(device)
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 0.1)
+    model = _build(job, cfg, num_classes, schema).to(device)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.optim.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=job.steps, eta_min=cfg.optim.lr * 0.1)
+    run = TrainingRun(folder, chash, progress=progress)
     start = 0
-    ckpt = folder / "checkpoint.pt"
-    logf = folder / "train_log.jsonl"
-    if resume and ckpt.exists():
-        st = load_checkpoint(ckpt)
-        if st.get("config_hash") == chash:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            start = int(st["step"])
-            log.info("%s: resuming at step %d/%d", folder, start, steps)
-        else:
-            log.warning("%s: checkpoint is from another config; starting over", ckpt)
-    if start == 0 and logf.exists():
-        logf.unlink()
-    targets = targets.to(device)
-    means = means.to(device)
-    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    state = run.load(resume)  # a checkpoint of another config raises CheckpointMismatch
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("%s: resuming at step %d/%d", folder, start, job.steps)
+    else:
+        run.fresh_log()
+    step_fn = _Stepper(model, opt, sched, vgg, cfg, job, num_classes, device)
     t0 = time.perf_counter()
-    bar = _progress(progress, f"{folder.name}", steps, start)
     model.train()
-    for step in range(start, steps):
-        imgs, labs = sample_batch(src, cfg.crop, cfg.batch, cfg.seed, step)
-        o = torch.from_numpy(imgs.astype(np.float32))[:, None].to(device)
-        lab = torch.from_numpy(labs.astype(np.int64)).to(device)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        noise = torch.randn(lab.shape[0], 1, *lab.shape[1:], generator=g).to(device)
-        style = (torch.randint(0, n_styles, (lab.shape[0],), generator=g) if n_styles > 1
-                 else torch.zeros(lab.shape[0], dtype=torch.long)).to(device)
-        masks = segment_masks(lab, num_classes)
-        o_in = o
-        tsel = targets.select(style) if n_styles > 1 else targets
-        msel = means[style] if n_styles > 1 else means
-        if cfg.content_match_means:  # content = the source's anatomy at the style's segment intensities
-            area = masks.flatten(2).sum(2).clamp_min(1.0)
-            shift = torch.where(tsel.present, msel - (o * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
-            o = o + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
-        with amp:
-            r = model(lab, style, noise, o_in if cfg.image_input else None)
-            fr = vgg(ct_to_vgg_input(r.float()))
-            with torch.no_grad():
-                fo = vgg(ct_to_vgg_input(o))
-        fr = {k: v.float() for k, v in fr.items()}
-        fo = {k: v.float() for k, v in fo.items()}
-        lc = segment_content_loss(fr, fo, masks, cfg.content_layers)
-        ls = segment_style_loss(fr, masks, tsel, cfg.style_layers, cfg.style_weights)
-        lm = segment_mean_loss(r.float(), masks, msel, tsel.present)
-        loss = cfg.alpha * lc + cfg.beta * ls + cfg.gamma * lm
-        ln = torch.zeros((), device=device)
-        if nps is not None and cfg.nps_weight > 0:
-            use = nps.has[style]
-            if bool(use.any()):
-                ln = nps_texture_loss(r[use].float(), lab[use], nps.log_nps[style[use]], nps.classes, nps.bins,
-                                      nps.valid, nps.roi, 4, g)
-                loss = loss + cfg.nps_weight * ln
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        sched.step()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == steps:
-            append_jsonl(logf, {"step": done, "loss": loss.item(), "content": lc.item(), "style": ls.item(),
-                                "mean_hu": lm.item(), "nps": ln.item(), "lr": sched.get_last_lr()[0],
-                                "seconds": round(time.perf_counter() - t0, 2)})
-        if done % cfg.checkpoint_every == 0 or done == steps:
-            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "step": done, "config": to_dict(cfg),
-                                   "config_hash": chash})
-        if bar is not None:
-            bar[0].update(bar[1], advance=1)
-    if bar is not None:
-        bar[0].stop()
-    secs = time.perf_counter() - t0
-    save_generator(folder, model.cpu(), schema, style_records, to_dict(cfg),
-                   extra={"config_hash": chash, "steps": steps, "train_seconds_last_run": round(secs, 1),
-                          **extra_json})
+    with run.progress(folder.name, job.steps, start) as bar:
+        for step in range(start, job.steps):
+            parts = step_fn(step)
+            done = step + 1
+            if done % cfg.optim.log_every == 0 or done == job.steps:
+                run.log({"step": done, **parts, "lr": sched.get_last_lr()[0],
+                         "seconds": round(time.perf_counter() - t0, 2)})
+            if done % cfg.optim.checkpoint_every == 0 or done == job.steps:
+                run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "step": done, "config": to_dict(cfg)})
+            bar.advance()
+    save_generator(folder, model.cpu(), schema, job.records, to_dict(cfg),
+                   extra={"config_hash": chash, "steps": job.steps,
+                          "train_seconds_last_run": round(time.perf_counter() - t0, 1), **extra_json})
     model.to(device)
     try:
-        plot_losses(logf, folder / "loss_curve.png")
+        plot_losses(run.log_path, folder / "loss_curve.png")
     except Exception as e:  # noqa: BLE001 - a figure must not fail a finished training
         log.warning("loss curve not drawn: %s", e)
     return folder
 
 
-def _progress(enabled: bool, name: str, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+class _Stepper:
+    """One optimisation step of a generator: a deterministic batch for (seed, step), the loss, the update."""
 
-    p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                 TimeRemainingColumn())
-    p.start()
-    return p, p.add_task(name, total=total, completed=start)
+    def __init__(self, model: StyleGenerator, opt: Any, sched: Any, vgg: VGG19Features, cfg: GeneratorConfig,
+                 job: _Job, num_classes: int, device: torch.device):
+        self.model, self.opt, self.sched, self.vgg, self.cfg, self.job = model, opt, sched, vgg, cfg, job
+        self.num_classes, self.device = num_classes, device
+        self.n_styles = len(job.records) if cfg.arch.conditional else 1
+        self.targets = job.targets.to(device)
+        self.means = job.means.to(device)
+        self.loss = cfg.loss.loss()
+
+    def __call__(self, step: int) -> dict[str, float]:
+        cfg, dev, o = self.cfg, self.device, self.cfg.optim
+        imgs, labs = sample_batch(self.job.src, o.crop, o.batch, o.seed, step)
+        src = torch.from_numpy(imgs.astype(np.float32))[:, None].to(dev)
+        lab = torch.from_numpy(labs.astype(np.int64)).to(dev)
+        g = torch.Generator().manual_seed(o.seed * 1_000_003 + step)
+        noise = torch.randn(lab.shape[0], 1, *lab.shape[1:], generator=g).to(dev)
+        style = (torch.randint(0, self.n_styles, (lab.shape[0],), generator=g) if self.n_styles > 1
+                 else torch.zeros(lab.shape[0], dtype=torch.long)).to(dev)
+        masks = segment_masks(lab, self.num_classes)
+        tsel = self.targets.select(style) if self.n_styles > 1 else self.targets
+        msel = self.means[style] if self.n_styles > 1 else self.means
+        content = src
+        if cfg.loss.content_match_means:  # content = the source's anatomy at the style's segment intensities
+            area = masks.flatten(2).sum(2).clamp_min(1.0)
+            shift = torch.where(tsel.present, msel - (src * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
+            content = src + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=o.bf16):
+            r = self.model(lab, style, noise, src if cfg.arch.image_input else None)
+            fr = self.vgg(ct_to_vgg_input(r.float()))
+            with torch.no_grad():
+                fo = self.vgg(ct_to_vgg_input(content))
+        fr = {k: v.float() for k, v in fr.items()}
+        fo = {k: v.float() for k, v in fo.items()}
+        loss, parts = self.loss(fr, fo, r, lab, masks, tsel, msel, style, self.job.nps, g)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.opt.step()
+        self.sched.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
 def plot_losses(log_path: Path, out: Path) -> Path:
     """Content, style and mean-HU losses against the step (log scale)."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -453,7 +348,7 @@ def plot_losses(log_path: Path, out: Path) -> Path:
     return out
 
 
-# --- the public entry point ---------------------------------------------------------------------------
+# --- the public entry points --------------------------------------------------------------------------
 
 def train_generators(source: str | Path, styles: str | Path, out: str | Path, cfg: GeneratorConfig | None = None,
                      resume: bool = False, progress: bool = True) -> list[Path]:
@@ -483,44 +378,35 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     from styleseg.runs import choose_device
 
     out = Path(out)
-    src = _Source(np.asarray(images), np.asarray(labels))
+    a, o = cfg.arch, cfg.optim
+    src = Source(np.asarray(images), np.asarray(labels))
     extra = dict(extra or {})
-    device = choose_device(cfg.device)
+    device = choose_device(o.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     num_classes = schema.num_classes
-    if cfg.bone_hu > 0 and "body" in schema.names:  # generator segments = schema + derived bone (last class)
-        bone = (schema.value("body"), cfg.bone_hu, num_classes)
-        src = _Source(src.images, add_bone_segment(src.labels, src.images, *bone))
+    if a.bone_hu > 0 and "body" in schema.names:  # generator segments = schema + derived bone (last class)
+        bone = (schema.value("body"), a.bone_hu, num_classes)
+        src = Source(src.images, add_bone_segment(src.labels, src.images, *bone))
         style_labels = [add_bone_segment(lab, h, *bone) for h, lab in zip(style_hu, style_labels, strict=True)]
         num_classes += 1
-    vgg = VGG19Features(cfg.vgg_weights or None, layers=tuple(dict.fromkeys((*cfg.style_layers,
-                                                                              *cfg.content_layers)))).to(device)
-    targets, means = compute_targets(vgg, style_hu, style_labels, num_classes,
-                                     cfg.style_layers, device)
-    steps = cfg.steps
-    if cfg.epochs > 0:
-        steps = max(1, int(round(cfg.epochs * len(src.images) / cfg.batch)))
-    tex = [texture_init(h, lab, num_classes, cfg.noise_kernel, cfg.noise_init)
+    layers = tuple(dict.fromkeys((*cfg.loss.style_layers, *cfg.loss.content_layers)))
+    vgg = VGG19Features(cfg.vgg_weights or None, layers=layers).to(device)
+    targets, means = compute_targets(vgg, style_hu, style_labels, num_classes, cfg.loss.style_layers, device)
+    steps = max(1, int(round(o.epochs * len(src.images) / o.batch))) if o.epochs > 0 else o.steps
+    tex = [texture_init(h, lab, num_classes, a.noise_kernel, a.noise_init)
            for h, lab in zip(style_hu, style_labels, strict=True)]
     filters = torch.from_numpy(np.stack([t[0] for t in tex]))
     amps = torch.from_numpy(np.stack([t[1] for t in tex]))
     nps = None
-    if cfg.nps_weight > 0:  # ROIs must fit in a crop (>= 16) with the 3-px erosion on both sides
-        nps = nps_targets(style_hu, style_labels, schema, min(cfg.nps_roi, cfg.crop - 6), device)
+    if cfg.loss.nps_weight > 0:  # ROIs must fit in a crop (>= 16) with the 3-px erosion on both sides
+        nps = nps_targets(style_hu, style_labels, schema, min(cfg.loss.nps_roi, o.crop - 6), device)
     out.mkdir(parents=True, exist_ok=True)
-    folders = []
-    if cfg.conditional:
-        csteps = cfg.conditional_steps or 2 * steps
-        folders.append(_fit_one(out / "conditional", src, targets, means, records, vgg, cfg, num_classes, schema,
-                                csteps, device, resume, progress, extra, (filters, amps), nps))
+    if a.conditional:
+        jobs = [_Job(out / "conditional", src, targets, means, records, o.conditional_steps or 2 * steps,
+                     (filters, amps), nps)]
     else:
-        for k, rec in enumerate(records):
-            t = StyleTargets({n: g[k:k + 1] for n, g in targets.grams.items()}, targets.present[k:k + 1])
-            folders.append(_fit_one(out / f"style_{rec['index']:02d}", src, t, means[k:k + 1], [rec], vgg, cfg,
-                                    num_classes, schema, steps, device, resume, progress, extra,
-                                    (filters[k:k + 1], amps[k:k + 1]), nps.take(k) if nps is not None else None))
-    return folders
-
-
-def with_changes(cfg: GeneratorConfig, **changes: Any) -> GeneratorConfig:
-    return dataclasses.replace(cfg, **changes)
+        jobs = [_Job(out / f"style_{rec['index']:02d}", src,
+                     StyleTargets({n: g[k:k + 1] for n, g in targets.grams.items()}, targets.present[k:k + 1]),
+                     means[k:k + 1], [rec], steps, (filters[k:k + 1], amps[k:k + 1]),
+                     nps.take(k) if nps is not None else None) for k, rec in enumerate(records)]
+    return [_fit_one(job, vgg, cfg, num_classes, schema, device, resume, progress, extra) for job in jobs]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from styleseg.stages import StageRunner
+from styleseg.pipeline.stages import StageRunner
 
 
 def _writer(path: Path, calls: list[str], fail: bool = False):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from styleseg import texture as nps
 from styleseg.errors import ConfigError
-from styleseg.sim import nps, scanner
+from styleseg.sim import projector, scanner
 from styleseg.sim.scanner import Protocol, get_protocol, reimage
 
 
@@ -27,7 +28,7 @@ def test_radon_matches_skimage():
     img[np.hypot(xx - 64, yy - 64) < 40] = 1.0
     img[(xx - 80) ** 2 + (yy - 50) ** 2 < 100] = 2.0
     img = ndi.gaussian_filter(img, 1.5)
-    ours = scanner.radon(img, 180)
+    ours = projector.radon(img, 180)
     # skimage rotates the other way: our angle a is its -a; its detector is n wide, centred at n // 2
     ref = sk_radon(img, theta=-np.arange(180.0), circle=True).T
     c, rc = ours.shape[1] // 2, ref.shape[1] // 2
@@ -39,7 +40,7 @@ def test_fbp_matches_skimage_iradon_and_inverts_radon():
     from skimage.transform import iradon
 
     img = ndi.gaussian_filter(_disk(96, 30, 1.0) + 1000.0, 1.0) / 1000.0  # values 0..1
-    sino = scanner.radon(img, 180)
+    sino = projector.radon(img, 180)
     rec = scanner.fbp(sino, img.shape)
     inner = (slice(16, 80), slice(16, 80))
     assert np.abs(rec - img)[inner].max() < 2e-3

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-log = logging.getLogger("styleseg.data.arms")
+log = logging.getLogger("styleseg.data.domain")
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 

@@ -50,8 +50,8 @@ def test_hounsfield_values(phantom):
     assert (np.abs(body - 45) < 20).mean() > 0.1  # muscle / soft tissue
     assert body.max() > 400  # bone
     # noise-free: high-pass residual in soft tissue far below CT noise (>= 10 HU) while re-imaging adds it
-    from styleseg.sim.nps import soft_tissue_rois
     from styleseg.sim.scanner import reimage
+    from styleseg.texture import soft_tissue_rois
 
     rois = [r for k in range(len(hu)) for r in soft_tissue_rois(hu[k], roi=16)]
     assert rois and np.median([r.std() for r in rois]) < 1.0

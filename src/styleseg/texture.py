@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-log = logging.getLogger("styleseg.sim.nps")
+log = logging.getLogger("styleseg.texture")
 
 N_DESCRIPTOR_BINS = 12
 _EPS = 1e-6

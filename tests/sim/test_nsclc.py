@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from styleseg import texture as nps
 from styleseg.io.dataset import Dataset, DatasetWriter
 from styleseg.io.volume import read_nifti
 from styleseg.labels import LabelSchema
-from styleseg.sim import nps, scanner
+from styleseg.sim import scanner
 from styleseg.sim.benchmark import simulate_dataset
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nsclc"

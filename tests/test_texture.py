@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from styleseg.sim import nps
+from styleseg import texture as nps
 from styleseg.sim.phantom import PhantomConfig, make_phantom
 from styleseg.sim.scanner import reimage
 

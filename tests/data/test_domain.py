@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from styleseg.data.arms import (
+from styleseg.data.domain import (
     FDA,
     Denoiser,
     HistogramMatch,

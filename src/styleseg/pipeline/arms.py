@@ -1,0 +1,111 @@
+"""The comparison arms as data: one :class:`Arm` entry per arm, read by the stage code, which never names one.
+
+An arm says what its U-Net trains on (``train_on``: the source, an augmented dataset, the oracle's re-imaged
+source), which intensity transform its training crops get (``transform``, a key of :data:`TRANSFORMS`), how
+its U-Net differs from the preset (``seg_changes``), whether it reuses another arm's model instead of training
+(``reuses``) and what it does to the test images first (``test_time``, a key of :data:`TEST_TIME`). The
+builders of transforms take an :class:`ArmContext`, which gives them the run's unlabelled target slices.
+Adding an arm is one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+#: the datasets an arm can train on, and the stage that makes each (besides data and split)
+TRAINING_DATASETS: dict[str, str | None] = {"source": None, "aug_separate": "augment",
+                                            "aug_conditional": "augment_cond", "oracle": "oracle_data"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One comparison arm (see the module docstring)."""
+
+    name: str
+    title: str
+    train_on: tuple[str, ...] = ("source",)
+    transform: str | None = None
+    seg_changes: Mapping[str, Any] = field(default_factory=dict)
+    reuses: str | None = None
+    test_time: str | None = None
+    role: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.train_on if d not in TRAINING_DATASETS]
+        if bad:
+            raise ValueError(f"arm {self.name}: unknown training dataset(s) {bad}")
+        if self.transform is not None and self.transform not in TRANSFORMS:
+            raise ValueError(f"arm {self.name}: unknown transform {self.transform!r}")
+        if self.test_time is not None and self.test_time not in TEST_TIME:
+            raise ValueError(f"arm {self.name}: unknown test-time step {self.test_time!r}")
+
+    @property
+    def trains(self) -> bool:
+        return self.reuses is None
+
+    @property
+    def model_arm(self) -> str:
+        """The arm whose model this arm applies."""
+        return self.reuses or self.name
+
+    def upstream(self) -> list[str]:
+        """The stages its training reads from."""
+        return ["data", "split"] + [s for d in self.train_on if (s := TRAINING_DATASETS[d]) is not None]
+
+
+class ArmContext(Protocol):
+    """What transform builders may ask of a run: unlabelled slices of the target's style pool and of the source."""
+
+    def pool_slices(self) -> list[np.ndarray]: ...
+
+    def source_slices(self) -> list[np.ndarray]: ...
+
+
+def _intensity(ctx: ArmContext) -> Callable:
+    from styleseg.data.domain import IntensityAugment
+
+    return IntensityAugment()
+
+
+def _histmatch(ctx: ArmContext) -> Callable:
+    from styleseg.data.domain import HistogramMatch
+
+    return HistogramMatch(ctx.pool_slices())
+
+
+def _fda(ctx: ArmContext) -> Callable:
+    from styleseg.data.domain import FDA
+
+    return FDA(ctx.pool_slices())
+
+
+def _denoiser(ctx: ArmContext) -> Callable:
+    """Denoiser tuned on style-pool slices to bring them to the source's soft-tissue noise level."""
+    from styleseg.data.domain import tune_denoiser
+
+    return tune_denoiser(ctx.pool_slices(), ctx.source_slices())
+
+
+#: training-crop transforms ``transform(hu_crop, rng) -> hu_crop``, by name
+TRANSFORMS: dict[str, Callable[[ArmContext], Callable]] = {"intensity": _intensity, "histmatch": _histmatch,
+                                                           "fda": _fda}
+#: test-time transforms of the target slices ``transform(hu_slice) -> hu_slice``, by name
+TEST_TIME: dict[str, Callable[[ArmContext], Callable]] = {"denoise": _denoiser}
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("baseline", "U-Net 1: source only (baseline)", role="baseline"),
+    Arm("intensity", "intensity augmentation (nnU-Net-like)", transform="intensity"),
+    Arm("histmatch", "histogram matching to target", transform="histmatch"),
+    Arm("fda", "Fourier domain adaptation", transform="fda"),
+    Arm("styleseg", "U-Net 2: styleseg, n separate generators", train_on=("aug_separate",)),
+    Arm("styleseg_cond", "styleseg, one conditional generator", train_on=("aug_conditional",)),
+    Arm("oracle", "oracle: source anatomy with true target texture", train_on=("oracle",), role="oracle"),
+    Arm("denoise", "denoise target, then baseline", reuses="baseline", test_time="denoise"),
+    Arm("lowres", "low resolution (4x downsampled)", seg_changes={"downsample": 4}),
+    Arm("position", "source only, U-Net with position channels", seg_changes={"position": True}),
+)}

@@ -1,0 +1,159 @@
+"""Training data of the U-Net: labelled cases in memory, the patient split, and deterministic batches.
+
+- :func:`load_cases`: every labelled (``labelsTr``) case of one or several datasets (e.g. source +
+  augmented), int16 HU + uint8 labels in canonical orientation; ``labelsRef`` labels are never used.
+- :func:`patient_split`: whole patients (:attr:`styleseg.io.dataset.CaseRecord.patient`) go to one side,
+  so the generated copies of a source case, or the re-imaged versions of one patient, never sit on both
+  sides of the train/validation split.
+- :class:`Batcher`: one seeded generator draws slice indices and per-sample seeds, so every DDP rank sees
+  the same draw and its state resumes exactly; crops are augmented at native spacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg.errors import ConfigError, InputError
+from styleseg.seg.inputs import InputSpec, body_frame, canonical_flips, position_maps, to_canonical
+
+
+@dataclass
+class TrainCase:
+    """One labelled case in memory."""
+
+    key: str
+    patient: str
+    image: np.ndarray  # (z, H, W) int16 HU (float32 if downsampled), canonical orientation
+    label: np.ndarray  # (z, H, W) uint8
+    annotated: np.ndarray  # (num_classes,) bool
+    spacing: tuple[float, float]
+
+
+def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[TrainCase], Any]:
+    """The labelled cases of ``datasets`` (all with the same label schema) and that schema."""
+    import torch
+
+    from styleseg.io.dataset import Dataset
+    from styleseg.seg.inputs import downsample_hu, downsample_label
+
+    cases: list[TrainCase] = []
+    schema = None
+    multi = len(datasets) > 1
+    for root in datasets:
+        ds = Dataset(root)
+        if schema is None:
+            schema = ds.schema
+        elif ds.schema.to_labels_dict() != schema.to_labels_dict():
+            raise InputError(Path(root) / "dataset.json", f"label schema {ds.schema.to_labels_dict()} differs "
+                             f"from the first dataset's {schema.to_labels_dict()}",
+                             "train only on datasets with the same labels")
+        for rec in ds.labelled_cases("labelsTr"):
+            img = ds.load_image(rec.case_id)
+            lab = ds.load_label(rec.case_id, image=img)
+            assert lab is not None
+            flips = canonical_flips(img.direction, ds.image_path(rec.case_id))
+            arr = to_canonical(np.asarray(img.array, np.int16), flips)
+            lab_arr = to_canonical(lab.array, flips)
+            if downsample > 1:
+                arr = downsample_hu(torch.from_numpy(arr.astype(np.float32))[:, None], downsample)[:, 0].numpy()
+                lab_arr = downsample_label(torch.from_numpy(lab_arr)[:, None], downsample)[:, 0].numpy()
+            ann = np.zeros(ds.schema.num_classes, bool)
+            ann[0] = True
+            for n in rec.annotated:
+                if n in ds.schema.names:
+                    ann[ds.schema.value(n)] = True
+            key = f"{ds.name}/{rec.case_id}" if multi else rec.case_id
+            cases.append(TrainCase(key, rec.patient, arr, lab_arr, ann, (img.spacing[0], img.spacing[1])))
+    if not cases:
+        raise InputError(datasets[0] if datasets else None, "no case with training labels (labelsTr)",
+                         "train on an annotated dataset (import one with `styleseg import`)")
+    return cases, schema
+
+
+def patient_split(patients: Sequence[str], val_fraction: float, seed: int,
+                  val_cases: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> list[bool]:
+    """Per case: True if validation. Whole patients go to one side; explicit ``val_cases`` (case keys or
+    patient ids) win over the seeded random split."""
+    keys = list(keys or patients)
+    if val_cases is not None:
+        chosen = set(val_cases)
+        unknown = chosen - set(keys) - set(patients)
+        if unknown:
+            raise ConfigError(f"val_cases {sorted(unknown)} are not training cases ({sorted(set(keys))})")
+        vp = {p for k, p in zip(keys, patients, strict=True) if k in chosen or p in chosen}
+        return [p in vp for p in patients]
+    uniq = sorted(set(patients))
+    n_val = int(round(val_fraction * len(uniq))) if val_fraction > 0 and len(uniq) >= 2 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(uniq) >= 2 else 0), len(uniq) - 1)
+    perm = np.random.default_rng(seed).permutation(len(uniq))
+    vp = {uniq[i] for i in perm[:n_val]}
+    return [p in vp for p in patients]
+
+
+class Batcher:
+    """Deterministic global batches of augmented crops (see the module docstring).
+
+    ``augment(hu, label, rng, return_coords=...)`` is the geometric augmentation
+    (:class:`styleseg.data.transforms.TrainAugment`); ``extra_transform(hu, rng) -> hu`` an intensity
+    transform of a comparison arm, drawn once per sample (the same draw for every slice of a 2.5D stack)."""
+
+    def __init__(self, cases: list[TrainCase], augment: Any, spec: InputSpec, seed: int,
+                 extra_transform: Callable | None = None):
+        self.cases = cases
+        self.spec = spec
+        # per case, per slice body frame of the position channels (found on the whole slice, as at inference)
+        self.frames = [body_frame(c.image, spec.position_smooth_px) for c in cases] if spec.position else None
+        self.index = np.array([(ci, z) for ci, c in enumerate(cases) for z in range(c.image.shape[0])], int)
+        self.augment = augment
+        self.extra = extra_transform
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def sample(self, ci: int, z: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented sample: (C, crop, crop) float32 input channels (HU, then positions) and its labels."""
+        case = self.cases[ci]
+        k = self.spec.context
+        srng = np.random.default_rng(seed)
+        stack = case.image[np.clip(np.arange(z - k, z + k + 1), 0, case.image.shape[0] - 1)] if k else case.image[z]
+        coords = None
+        if self.frames is not None:
+            hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True)
+        else:
+            hu, lab = self.augment(stack, case.label[z], srng)
+        if k:
+            if self.extra is not None:  # the same random draw for every slice of the stack
+                state = srng.bit_generator.state
+                hu = np.stack([np.asarray(self.extra(c, _rng_at(state)), np.float32) for c in hu])
+        else:
+            if self.extra is not None:
+                hu = np.asarray(self.extra(hu, srng), np.float32)
+            hu = hu[None]
+        if coords is not None:
+            hu = np.concatenate([hu, position_maps(self.frames[ci][z], coords[0], coords[1])])
+        return hu, lab
+
+    def next(self, batch_size: int, rank: int = 0, world: int = 1):
+        """The rank's share of the next global batch: (x, labels, annotated) tensors."""
+        import torch
+
+        pick = self.rng.integers(len(self.index), size=batch_size)
+        seeds = self.rng.integers(2**63 - 1, size=batch_size)
+        imgs, labs, anns = [], [], []
+        for j in range(rank, batch_size, world):
+            ci, z = self.index[pick[j]]
+            hu, lab = self.sample(int(ci), int(z), int(seeds[j]))
+            imgs.append(hu)
+            labs.append(lab)
+            anns.append(self.cases[ci].annotated)
+        return (torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(labs).astype(np.int64)),
+                torch.from_numpy(np.stack(anns)))
+
+
+def _rng_at(state: dict[str, Any]) -> np.random.Generator:
+    g = np.random.default_rng()
+    g.bit_generator.state = state
+    return g

@@ -1,0 +1,116 @@
+"""The training skeleton the U-Net and the style generators share: checkpoints, progress, log, rank 0.
+
+:class:`TrainingRun` holds the bookkeeping of one training run in its folder, so both loops (``seg.train``
+and ``style.train``) fill in only their step:
+
+- **checkpoints** (``checkpoint.pt``): the full state of the caller plus the run's config hash, written
+  atomically by rank 0 (house style 5). One mismatch policy for every loop: resuming from a checkpoint
+  written under another config hash raises :class:`~styleseg.errors.CheckpointMismatch`; the caller (the
+  pipeline, or the user at the CLI) decides to start over, nothing silently throws work away;
+- **log** (``train_log.jsonl``): one JSON line per record, written by rank 0 only;
+- **progress**: a rich progress bar with elapsed time and ETA on rank 0 (house style 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from styleseg.errors import CheckpointMismatch
+from styleseg.runs import append_jsonl, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("styleseg.trainer")
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+class Progress:
+    """A progress bar of ``total`` steps (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, description: str, total: int, done: int):
+        self._bar = None
+        if enabled:
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn())
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, completed=done)
+
+    def advance(self, description: str | None = None) -> None:
+        if self._bar is not None:
+            kw = {} if description is None else {"description": description}
+            self._bar.update(self._task, advance=1, **kw)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class TrainingRun:
+    """Checkpoint, log and progress of one training run in ``folder`` (see the module docstring).
+
+    ``config_hash`` identifies what is being trained (config and inputs); ``rank`` 0 writes files, other
+    DDP ranks only read; ``barrier`` (e.g. ``torch.distributed.barrier``) is called after each checkpoint so
+    no rank runs ahead of a checkpoint being written."""
+
+    def __init__(self, folder: str | Path, config_hash: str, *, rank: int = 0, barrier: Any = None,
+                 progress: bool = True):
+        self.folder = Path(folder)
+        self.config_hash = config_hash
+        self.rank = rank
+        self.barrier = barrier
+        self.show_progress = progress and rank == 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / CHECKPOINT
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / TRAIN_LOG
+
+    def load(self, resume: bool, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """The checkpoint to continue from, or None (no resume asked, or no checkpoint there).
+
+        Raises CheckpointMismatch when the checkpoint was written under another config hash."""
+        if not resume or not self.checkpoint_path.exists():
+            return None
+        state = load_checkpoint(self.checkpoint_path, map_location=map_location)
+        if state.get("config_hash") != self.config_hash:
+            raise CheckpointMismatch(f"{self.checkpoint_path}: the checkpoint was made with another config or other "
+                                     "inputs; resume with the same settings, or start without resuming in a new "
+                                     "output folder")
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the full state (plus the config hash) atomically on rank 0, then meet the other ranks."""
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.checkpoint_path, {**state, "config_hash": self.config_hash})
+        if self.barrier is not None:
+            self.barrier()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.log_path, record)
+
+    def fresh_log(self) -> None:
+        """Start the log over (a run from step 0 must not inherit the lines of an abandoned one)."""
+        if self.rank == 0:
+            self.log_path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int, done: int = 0) -> Iterator[Progress]:
+        bar = Progress(self.show_progress, description, total, done)
+        try:
+            yield bar
+        finally:
+            bar.stop()

@@ -1,0 +1,238 @@
+"""End to end at toy size: every stage and every arm of `styleseg run`, then what re-runs do with the run folder.
+
+Minutes of CPU at most: tiny phantoms, a few optimiser steps per network. It checks the plumbing (stages,
+artifacts, skipping, the report), not accuracy; accuracy lives in benchmarks/ and BENCHMARKS.md. The whole
+pipeline runs once (module fixture, from a run folder given relative to the working directory, as `make demo`
+gives it); each scenario after that works on its own copy of the finished run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as htmllib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from styleseg.config import ConfigError
+from styleseg.pipeline import ALL_ARMS, ARMS, ExperimentConfig, load_experiment, run_experiment
+
+TOY = """
+name = "toy"
+preset = "quick"
+seed = 3
+n_styles = 2
+arms = {arms}
+
+[data]
+benchmark = true
+style_pool_fraction = 0.34
+agreement_pairs = [["{pairs}/pair_a.nii.gz", "{pairs}/pair_b.nii.gz"]]
+
+[benchmark]
+n_source = 3
+n_target = 3
+source_slices = 2
+target_slices = 2
+size = 192
+target_protocols = ["low-dose-sharp", "ultra-low-dose-standard"]
+
+[select]
+candidates_per_case = 2
+use_vgg = false
+
+[generators]
+steps = 2
+crop = 32
+base = 4
+n_res = 1
+checkpoint_every = 1
+
+[train_seg]
+epochs = 1
+steps_per_epoch = 2
+crop = 64
+batch_size = 2
+base_channels = 4
+depth = 2
+val_fraction = 0.0
+
+[evaluate]
+n_boot = 200
+"""
+
+
+def _toml(tmp: Path, arms: tuple[str, ...], text: str = TOY, pairs: Path | None = None) -> Path:
+    """The toy experiment in ``tmp``, with a same-scan pair (one phantom, two noise levels) for the agreement stage
+    in ``pairs`` (default ``tmp``), named by absolute path (so a copy of the run folder sees the same inputs)."""
+    pairs = pairs or tmp
+    import numpy as np
+
+    from styleseg.io.volume import write_nifti
+    from styleseg.sim.phantom import PhantomConfig, make_phantom
+
+    if not (pairs / "pair_a.nii.gz").exists():
+        img, _ = make_phantom(1, PhantomConfig(size=192, n_slices=2))
+        rng = np.random.default_rng(0)
+        for name, sd in (("pair_a.nii.gz", 20.0), ("pair_b.nii.gz", 80.0)):
+            write_nifti(img.with_array((img.array + rng.normal(0, sd, img.shape)).astype(np.int16)), pairs / name)
+    p = tmp / "toy.toml"
+    p.write_text(text.format(arms=json.dumps(list(arms)), pairs=pairs))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished toy run of every arm in ``<tmp>/run``, started from ``<tmp>`` with the relative path "run"."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = load_experiment(_toml(tmp, ALL_ARMS))
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        summary = run_experiment(cfg, Path("run"))
+    finally:
+        os.chdir(cwd)
+    assert summary["skipped_arms"] == {}
+    return tmp / "run"
+
+
+@pytest.fixture
+def copy(finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the finished run (and its experiment file), with the working directory beside it."""
+    shutil.copytree(finished, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "run"
+
+
+def _ran(summary: dict) -> set[str]:
+    return {name for name, t in summary["timings"].items() if not t["skipped"]}
+
+
+@pytest.mark.slow
+def test_every_arm_is_trained_predicted_and_evaluated(finished: Path) -> None:
+    run = finished
+    split = json.loads((run / "split.json").read_text())
+    styles = json.loads((run / "styles" / "styles.json").read_text())["styles"]
+    assert {s["case_id"] for s in styles} <= set(split["style_pool"])  # style slices never from test patients
+    assert not set(split["style_pool"]) & set(split["test"])
+    for arm in ALL_ARMS:
+        m = json.loads((run / "arms" / arm / "metrics.json").read_text())
+        assert sorted(m["cases"]) == sorted(split["test"]), arm
+        assert 0.0 <= m["mean"]["lung_left"]["dice"]["mean"] <= 1.0
+        assert m["config"]["n_boot"] == 200  # the [evaluate] section is used
+        if arm != "baseline":
+            assert m["comparison"]["other"].endswith("arms/baseline/pred")
+    # the position arm is the baseline's U-Net plus two position channels; every other arm keeps the paper's
+    meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text()) for a in ("baseline", "position")}
+    assert meta["position"]["position"] and not meta["baseline"]["position"]
+    assert meta["position"]["architecture"]["in_channels"] == meta["baseline"]["architecture"]["in_channels"] + 2
+    assert not (run / "arms" / "denoise" / "model").exists()  # denoise applies the baseline's model
+    # m x (n+1): 3 source cases x (2 styles + original)
+    aug = json.loads((run / "data" / "aug_separate" / "dataset.json").read_text())
+    assert len(aug["styleseg"]["cases"]) == 3 * 3
+    assert (run / "figures" / "style_grid.png").exists()
+    agree = json.loads((run / "agreement.json").read_text())["arms"]
+    assert set(agree) == set(ALL_ARMS)  # every arm (denoise with the baseline model)
+    assert all(0.0 <= v <= 1.0 for d in agree.values() for v in d.values())
+
+
+@pytest.mark.slow
+def test_the_report_describes_every_arm(finished: Path) -> None:
+    """The report of a pipeline run (not a fixture): each arm's description comes from the arm table, its Dice
+    from its metrics.json."""
+    text = (finished / "report.html").read_text()
+    rows = dict(re.findall(r"<tr><td class=l>([a-z_]+)</td><td class=l>[a-z]*</td><td class=l>([^<]*)</td>", text))
+    assert {a: htmllib.unescape(rows[a]) for a in ALL_ARMS} == {a: ARMS[a].title for a in ALL_ARMS}
+    m = json.loads((finished / "arms" / "baseline" / "metrics.json").read_text())["mean"]["heart"]["dice"]
+    dice_table = text[text.index("<h3>Dice</h3>"):text.index("<h3>HD95")]
+    baseline_row = re.search(r"<tr><td class=l>baseline</td>(.*?)</tr>", dice_table).group(1)
+    assert f"{m['mean']:.3f} <span class=ci>[{m['ci_low']:.3f}, {m['ci_high']:.3f}]" in baseline_row
+
+
+@pytest.mark.slow
+def test_the_report_of_a_run_started_elsewhere_shows_its_segmentations(finished: Path) -> None:
+    """run.json names the evaluation dataset relative to the run folder, so the segmentation figure is found
+    whatever the working directory was (the run was started from the run folder's parent, as `make demo`)."""
+    assert json.loads((finished / "run.json").read_text())["target_ref"] == "data/target_test"
+    text = (finished / "report.html").read_text()
+    assert "Segmentations (as the paper" in text and "not found" not in text
+    assert text.count('<img src="data:image/png;base64,') >= 7  # bars, diffs, overlay, curves, style grid, sheet
+
+
+@pytest.mark.slow
+def test_a_second_run_does_nothing(copy: Path, finished: Path) -> None:
+    again = run_experiment(load_experiment(_toml(copy.parent, ALL_ARMS, pairs=finished.parent)), Path("run"))
+    assert again["all_skipped"]
+
+
+@pytest.mark.slow
+def test_fewer_arms_retrain_nothing_and_redo_only_the_report(copy: Path, finished: Path) -> None:
+    s = run_experiment(load_experiment(_toml(copy.parent, ("baseline", "lowres"), pairs=finished.parent)), Path("run"))
+    ran = _ran(s)
+    assert "data" not in ran and "train_baseline" not in ran and "report" in ran
+
+
+@pytest.mark.slow
+def test_a_changed_setting_retrains_from_scratch_and_repredicts(copy: Path, finished: Path) -> None:
+    p = _toml(copy.parent, ("baseline", "lowres"), TOY.replace("steps_per_epoch = 2", "steps_per_epoch = 3"),
+              finished.parent)
+    s = run_experiment(load_experiment(p), Path("run"))
+    assert {"train_baseline", "train_lowres", "evaluate_baseline"} <= _ran(s) and "data" not in _ran(s)
+    log = (copy / "arms" / "baseline" / "model" / "train_log.jsonl").read_text().strip().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["step"] == 3  # a fresh run of 1 epoch x 3 steps, not a resume
+    # ... and its predictions are redone with the new weights, not kept from the old model by --continue
+    model_dir, pred_dir = copy / "arms" / "baseline" / "model", copy / "arms" / "baseline" / "pred"
+    sha = hashlib.sha1((model_dir / "weights.pt").read_bytes()).hexdigest()
+    assert (pred_dir / ".model_sha1").read_text().strip() == sha
+    preds = list(pred_dir.glob("*.nii.gz"))
+    assert preds and all(f.stat().st_mtime >= (model_dir / "weights.pt").stat().st_mtime for f in preds)
+
+
+@pytest.mark.slow
+def test_interrupted_under_one_config_and_resumed_under_another_starts_over(copy: Path, finished: Path) -> None:
+    """A checkpoint and no finished marker (an interrupted stage), then another config: from scratch."""
+    (copy / "stages" / "train_lowres.json").unlink()
+    p = _toml(copy.parent, ("baseline", "lowres"), TOY.replace("steps_per_epoch = 2", "steps_per_epoch = 4"),
+              finished.parent)
+    s = run_experiment(load_experiment(p), Path("run"))
+    assert "train_lowres" in _ran(s)
+    log = (copy / "arms" / "lowres" / "model" / "train_log.jsonl").read_text().strip().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["step"] == 4
+
+
+@pytest.mark.slow
+def test_a_run_folder_of_the_previous_version_is_still_reported(copy: Path) -> None:
+    """run.json as styleseg wrote it before the run-folder contract: arm names plus ``arm_titles``, and
+    ``target_ref`` relative to the working directory the run was started from."""
+    from styleseg.eval.report import write_report
+
+    old = {"title": "toy", "preset": "quick", "seed": 3, "arms": list(ALL_ARMS),
+           "arm_titles": {a: ARMS[a].title for a in ALL_ARMS}, "baseline": "baseline", "oracle": "oracle",
+           "target_ref": "demo-run/data/target_test", "stages": {}, "config": {}}
+    (copy / "run.json").write_text(json.dumps(old))
+    text = write_report(copy, copy / "old.html", n_boot=50).read_text()
+    assert "Segmentations (as the paper" in text and "not found" not in text
+    assert htmllib.escape(ARMS["styleseg"].title) in text
+
+
+def test_config_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'styleseg'"):
+        ExperimentConfig(arms=("baseline", "stylseg"))
+    with pytest.raises(ConfigError, match="'baseline' is required"):
+        ExperimentConfig(arms=("oracle", "denoise"))
+    bad = tmp_path / "bad.toml"
+    for text, match in (('name = "x"\nn_style = 3\n', "did you mean 'n_styles'"),
+                        ('[train_seg]\nepochz = 3\n', r"bad.toml \[train_seg\]: unknown key 'epochz'"),
+                        ('[generators]\nsteps = -1\n', r"steps, batch and lr must be positive"),
+                        ('[evaluate]\nn_boot = -3\n', r"n_boot must be >= 1"),
+                        ('[evaluate]\nnboot = 3\n', r"\[evaluate\]: unknown key 'nboot'; did you mean 'n_boot'"),
+                        ('[data]\nbenchmark = true\ntarget_protocols = ["low-dose-shrp"]\n', "did you mean"),
+                        ('style_slices = ["LUNG1-008"]\n', "is not CASE:SLICE")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_experiment(bad)

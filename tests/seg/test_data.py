@@ -1,0 +1,85 @@
+"""Training data (seg/data.py): the patient split and deterministic batches of augmented crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from seg_builders import slab
+
+from styleseg.errors import ConfigError
+from styleseg.seg.data import Batcher, TrainCase, patient_split
+from styleseg.seg.inputs import InputSpec, body_frame
+
+
+def test_patient_split_groups_augmented_copies():
+    groups = ["A", "A", "A", "B", "B", "C", "D"]
+    keys = ["A", "A_s1", "A_s2", "B", "B_s1", "C", "D"]
+    v = patient_split(groups, 0.25, seed=3, keys=keys)
+    for g in set(groups):  # a patient is wholly on one side
+        assert len({v[i] for i in range(len(groups)) if groups[i] == g}) == 1
+    assert sum(set(g for g, x in zip(groups, v, strict=True) if x).__len__() for _ in [0]) == 1
+    assert patient_split(groups, 0.25, 3, keys=keys) == v  # reproducible
+    explicit = patient_split(groups, 0.25, 3, val_cases=["B_s1"], keys=keys)
+    assert explicit == [False, False, False, True, True, False, False]
+    with pytest.raises(ConfigError):
+        patient_split(groups, 0.25, 3, val_cases=["Z"], keys=keys)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_batcher_crops_carry_the_inference_positions_and_keep_the_random_draws(axis):
+    """A crop pixel gets the value inference gives its source pixel of the whole slice. The body is a HU ramp
+    along ``axis`` (100 + row or column), so a crop pixel's HU says where in the slice it came from (bilinear
+    sampling of a ramp is exact inside the body). The HU channels (the random draws) are those of a batcher
+    without position channels."""
+    from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
+
+    img = np.stack([slab(box=(8 + z, 30, 4 + z, 40)) for z in range(3)])
+    ramp = np.broadcast_to(np.arange(img.shape[1 + axis], dtype=np.float32).reshape((-1, 1) if axis == 0 else (1, -1)),
+                           img.shape[1:])
+    img = np.where(img > 0, 100 + ramp, img).astype(np.int16)
+    lab = (img > -500).astype(np.uint8) * 3
+    case = TrainCase("c", "c", img, lab, np.ones(7, bool), (1.0, 1.0))
+    # crops centred on organ pixels (integer centres): every sample at a half-pixel, so a crop pixel that
+    # mixes in air drops far below the body's HU
+    aug = TrainAugment(TrainAugmentConfig(crop=16, rotate_deg=0.0, scale=(1.0, 1.0), elastic_prob=0.0,
+                                          foreground_prob=1.0), (3,))
+    b = Batcher([case], aug, InputSpec(position=True), 5, None)
+    x, y, _ = b.next(8, 0, 1)
+    x0, y0, _ = Batcher([case], aug, InputSpec(), 5, None).next(8, 0, 1)
+    assert x.shape == (8, 3, 16, 16)
+    np.testing.assert_array_equal(x[:, :1].numpy(), x0.numpy())
+    np.testing.assert_array_equal(y.numpy(), y0.numpy())
+    z_of = [int(b.index[i][1]) for i in np.random.Generator(np.random.PCG64(5)).integers(len(b.index), size=8)]
+    checked = 0
+    for i in range(8):
+        hu = x[i, 0].numpy()
+        inside = hu > 0
+        cy, cx, hy, hx = body_frame(img[z_of[i]])[0]
+        src = hu[inside] - 100  # the source row (axis 0) or column (axis 1) of each body pixel of the crop
+        want = (src - cx) / hx if axis == 1 else (src - cy) / hy
+        np.testing.assert_allclose(x[i, 1 + (1 - axis)].numpy()[inside], want, atol=1e-5)
+        checked += int(inside.sum())
+    assert checked > 500
+
+
+def test_batcher_stacks_neighbours_in_order():
+    from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
+
+    img = (np.arange(5, dtype=np.int16)[:, None, None] * 100 * np.ones((1, 8, 8), np.int16))
+    case = TrainCase("c", "c", img, np.zeros((5, 8, 8), np.uint8), np.ones(7, bool), (1.0, 1.0))
+    aug = TrainAugment(TrainAugmentConfig(crop=8, enabled=False, foreground_prob=0.0))
+    calls = []
+
+    def extra(hu, rng):  # an intensity arm: one random draw per sample, the same for every slice of the stack
+        v = rng.normal()
+        calls.append(v)
+        return hu + v
+
+    b = Batcher([case], aug, InputSpec(context=1), 0, extra)
+    x, _, _ = b.next(16, 0, 1)
+    assert x.shape == (16, 3, 8, 8)
+    z = np.round((x[:, :, 4, 4].numpy() - np.asarray(calls[::3])[:, None]) / 100).astype(int)
+    for row in z:  # (z-1, z, z+1) clamped to the volume
+        c = row[1]
+        assert list(row) == [max(c - 1, 0), c, min(c + 1, 4)]
+    assert np.allclose(calls[0::3], calls[1::3]) and np.allclose(calls[0::3], calls[2::3])
