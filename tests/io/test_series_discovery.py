@@ -213,7 +213,7 @@ def test_rtstruct_of_a_left_out_series_is_an_error_or_skipped(tmp_path):
 
 
 @pytest.mark.realdata
-def test_covid_one_case_per_series_as_pydicom_groups_them():
+def test_covid_one_case_per_series_as_pydicom_groups_them(tmp_path):
     src = need_data("dicom", "covid19-ny-sbu-axial")
     groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
     for f in sorted(src.rglob("*.dcm")):
@@ -233,6 +233,19 @@ def test_covid_one_case_per_series_as_pydicom_groups_them():
         d = groups[s.series_uid][0]
         assert s.reference()["FrameOfReferenceUID"] == d.FrameOfReferenceUID
         assert s.case_id.startswith(f"{d.PatientID}_{d.StudyDate}_s{d.SeriesNumber}")
+    # the import: an unlabelled dataset, one case per series, tags and the series reference in the extras
+    import_sources([src], tmp_path / "covid")
+    ds = Dataset(tmp_path / "covid")
+    assert sorted(c.case_id for c in ds) == sorted(ids)
+    for c in ds:
+        d = groups[c.extras["series"]["SeriesInstanceUID"]][0]
+        assert c.labels is None and c.extras["series"]["sop_instance_uids"] == [d.SOPInstanceUID]
+        assert c.extras["series"]["StudyInstanceUID"] == d.StudyInstanceUID
+        sc = c.extras["scanner"]
+        assert sc["Manufacturer"] == d.Manufacturer and sc["ConvolutionKernel"] == d.ConvolutionKernel
+        assert sc["KVP"] == float(d.KVP) and sc["SliceThickness"] == float(d.SliceThickness)
+        assert sc["ManufacturerModelName"] == d.ManufacturerModelName and len(sc["PixelSpacing"]) == 2
+        assert pydicom.dcmread(c.extras["source_files"][0], stop_before_pixels=True).SOPInstanceUID == d.SOPInstanceUID
 
 
 @pytest.mark.realdata
