@@ -23,6 +23,7 @@ to -1024 HU (air) so windows and texture statistics are not skewed by a -3024 HU
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,29 @@ PADDING_HU = -1024
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
 
+# Why :func:`discover_series` leaves a series out (``SkippedSeries.reason``). A localizer (scout,
+# topogram, surview) is a projection radiograph, not a slice; a non-axial or oblique series is not what
+# the models are trained on; the others cannot be placed on one regular grid without distorting anatomy.
+SKIP_NOT_CT = "not a CT image series"
+SKIP_LOCALIZER = "localizer"
+SKIP_NOT_AXIAL = "not axial"
+SKIP_OBLIQUE = "oblique"
+SKIP_SHEARED = "sheared"
+SKIP_MIXED_ORIENTATION = "mixed orientation"
+SKIP_MIXED_SIZE = "mixed size"
+SKIP_SPACING = "inconsistent spacing"
+SKIP_MISSING = "missing slices"
+SKIP_DUPLICATE = "duplicate positions"
+#: ImageType values (DICOM PS3.3 C.8.2.1.1.1, value 3, and vendor synonyms) that mark a localizer image.
+LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW"})
+#: A series counts as axial when its slice normal is within this angle (degrees) of the patient's z axis:
+#: patient-positioning obliquity of a few degrees is normal; a tilted gantry (often 10-30 deg) or a
+#: reformat is not an axial slice.
+AXIAL_MAX_TILT_DEG = 5.0
+#: A stack whose first-to-last ImagePositionPatient drifts sideways by more than this share of its
+#: length (0.01 = 0.57 deg) is sheared (gantry tilt) and is not a regular grid.
+SHEAR_TOLERANCE = 0.01
+
 
 @dataclass
 class DicomHeader:
@@ -61,14 +85,28 @@ class DicomHeader:
 
     @property
     def kind(self) -> str:
-        """'ct', 'rtstruct', 'seg' or 'other'."""
+        """'ct' (a single-frame CT Image Storage instance), 'rtstruct', 'seg' or 'other'.
+
+        Modality alone is not enough: secondary captures (dose screens, key images) and enhanced
+        multi-frame CT also carry Modality CT, but they are not slices of a CT series.
+        """
         if self.sop_class_uid == RTSTRUCT_STORAGE or self.modality == "RTSTRUCT":
             return "rtstruct"
         if self.sop_class_uid == SEG_STORAGE or self.modality == "SEG":
             return "seg"
-        if self.modality == "CT" and self.sop_class_uid != ENHANCED_CT_STORAGE:
+        if self.modality == "CT" and self.sop_class_uid in (CT_STORAGE, ""):
             return "ct"
         return "other"
+
+    @property
+    def image_type(self) -> tuple[str, ...]:
+        """ImageType (0008,0008) values, upper case (e.g. ORIGINAL, PRIMARY, AXIAL or LOCALIZER)."""
+        v = self.ds.get("ImageType") or ()
+        return tuple(str(x).strip().upper() for x in ([v] if isinstance(v, str) else v))
+
+    @property
+    def is_localizer(self) -> bool:
+        return bool(LOCALIZER_TYPES & set(self.image_type))
 
 
 @dataclass
@@ -143,7 +181,7 @@ def _check_ct_header(h: DicomHeader, pixel_at: int) -> None:
     ds = h.ds
     missing = [t for t in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
                            "BitsAllocated") if t not in ds]
-    if missing:
+    if missing and not h.is_localizer:  # a scout may lack slice tags: discovery leaves it out anyway
         raise InputError(h.path, f"CT image lacks required tags {missing}",
                          "re-export the series with full headers, or use --skip-bad")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
@@ -188,49 +226,99 @@ def _floats(v: Any) -> list[float]:
     return [float(x) for x in v]
 
 
-def slice_geometry(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], dict[str, Any]]:
-    """Sort a CT series along its slice normal and derive spacing, origin and direction (LPS).
+@dataclass(frozen=True)
+class SeriesProblem:
+    """Why a set of CT slices cannot be placed on one regular grid: a reason code (``SKIP_*``) and the message."""
 
-    Raises InputError (naming the series folder) for mixed orientation/size, duplicate positions or
-    uneven slice spacing.
+    reason: str
+    path: Path
+    problem: str
+    fix: str
+
+    def error(self) -> InputError:
+        return InputError(self.path, self.problem, self.fix)
+
+
+def series_folder(headers: Sequence[DicomHeader]) -> Path:
+    """The folder holding a series' files (their common parent when they are spread out)."""
+    parents = {str(h.path.parent) for h in headers}
+    return Path(parents.pop()) if len(parents) == 1 else Path(os.path.commonpath(sorted(parents)))
+
+
+def check_series(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], dict[str, Any]] | SeriesProblem:
+    """Sort CT slices along their normal and derive the grid, or say why they do not form one.
+
+    The slices must share orientation, size and pixel spacing, sit at distinct positions evenly spaced
+    along the normal ``n = row x col`` (a regular step, within 1 %), and be stacked along ``n`` itself: a
+    stack that drifts sideways (gantry tilt, > :data:`SHEAR_TOLERANCE` of its length) is sheared, and a
+    grid with an orthogonal direction matrix would misplace it. Uneven steps that are whole multiples of
+    the regular step are reported as missing slices.
     """
-    where = headers[0].path.parent
+    where = series_folder(headers)
     ds0 = headers[0].ds
     iop = np.array(_floats(ds0.ImageOrientationPatient))
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
+    ps = _floats(ds0.PixelSpacing)
     for h in headers[1:]:
         if not np.allclose(_floats(h.ds.ImageOrientationPatient), iop, atol=1e-4):
-            raise InputError(h.path, "slice orientation differs from the rest of its series "
-                             f"({list(h.ds.ImageOrientationPatient)} vs {list(iop)})",
-                             "split the series, or import the files separately")
+            return SeriesProblem(SKIP_MIXED_ORIENTATION, h.path, "slice orientation differs from the rest of its "
+                                 f"series ({list(h.ds.ImageOrientationPatient)} vs {list(iop)})",
+                                 "split the series, or import the files separately")
         if (h.ds.Rows, h.ds.Columns) != (ds0.Rows, ds0.Columns):
-            raise InputError(h.path, f"slice size {h.ds.Rows}x{h.ds.Columns} differs from the series' "
-                             f"{ds0.Rows}x{ds0.Columns}", "split the series, or use --skip-bad")
-    pos = np.array([np.dot(_floats(h.ds.ImagePositionPatient), normal) for h in headers])
+            return SeriesProblem(SKIP_MIXED_SIZE, h.path, f"slice size {h.ds.Rows}x{h.ds.Columns} differs from the "
+                                 f"series' {ds0.Rows}x{ds0.Columns}", "split the series, or use --skip-bad")
+        if not np.allclose(_floats(h.ds.PixelSpacing), ps, atol=1e-4):
+            return SeriesProblem(SKIP_SPACING, h.path, f"pixel spacing {list(h.ds.PixelSpacing)} differs from the "
+                                 f"series' {ps}", "split the series, or use --skip-bad")
+    ipp = np.array([_floats(h.ds.ImagePositionPatient) for h in headers])
+    pos = ipp @ normal
     order = np.argsort(pos, kind="stable")
     headers = [headers[i] for i in order]
-    pos = pos[order]
-    ps = _floats(ds0.PixelSpacing)
+    ipp, pos = ipp[order], pos[order]
     if len(headers) > 1:
         d = np.diff(pos)
         if np.any(d < 1e-3):
             i = int(np.argmin(d))
-            raise InputError(where, f"two slices at the same position {pos[i]:.2f} mm ({headers[i].path.name}, "
-                             f"{headers[i + 1].path.name}): the series holds more than one volume",
-                             "separate the acquisitions into their own folders, or use --skip-bad")
+            return SeriesProblem(SKIP_DUPLICATE, where, f"two slices at the same position {pos[i]:.2f} mm "
+                                 f"({headers[i].path.name}, {headers[i + 1].path.name}): the series holds more than "
+                                 "one volume", "separate the acquisitions into their own folders, or use --skip-bad")
         step = float(np.median(d))
         if np.max(np.abs(d - step)) > max(0.01 * step, 0.01):
-            j = int(np.argmax(np.abs(d - step)))
-            raise InputError(where, f"uneven slice spacing: {d[j]:.3f} mm after {headers[j].path.name} vs "
-                             f"{step:.3f} mm elsewhere (a missing slice?)",
-                             "add the missing slices, or use --skip-bad to leave this series out")
+            k = d / d.min()  # steps that are whole multiples of the smallest one: slices are missing
+            missing = int(np.sum(np.rint(k) - 1)) if np.all(np.abs(k - np.rint(k)) <= 0.05) else 0
+            if missing:
+                j, step, what = int(np.argmax(d)), float(d.min()), f"{missing} missing slice(s)"
+            else:
+                j, what = int(np.argmax(np.abs(d - step))), "irregular steps"
+            return SeriesProblem(SKIP_MISSING if missing else SKIP_SPACING, where,
+                                 f"uneven slice spacing: {d[j]:.3f} mm after {headers[j].path.name} vs {step:.3f} mm "
+                                 f"elsewhere ({what})", "add the missing slices, or use --skip-bad to leave this "
+                                 "series out")
+        extent = float(pos[-1] - pos[0])
+        drift = float(np.linalg.norm((ipp[-1] - ipp[0]) - extent * normal))
+        if drift > max(SHEAR_TOLERANCE * extent, 0.05):
+            return SeriesProblem(SKIP_SHEARED, where, f"the slices drift {drift:.2f} mm sideways over {extent:.1f} mm "
+                                 "(gantry tilt): they are not stacked along their normal",
+                                 "resample the series onto an orthogonal grid (e.g. dcm2niix corrects tilt)")
     else:
         step = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
     direction = tuple(np.stack([row, col, normal], axis=1).reshape(-1).tolist())
-    geom = {"spacing": (ps[1], ps[0], abs(step)), "origin": tuple(_floats(headers[0].ds.ImagePositionPatient)),
-            "direction": direction}
+    geom = {"spacing": (ps[1], ps[0], abs(step)), "origin": tuple(ipp[0].tolist()), "direction": direction}
     return headers, geom
+
+
+def slice_geometry(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], dict[str, Any]]:
+    """Sort a CT series along its slice normal and derive spacing, origin and direction (LPS).
+
+    Raises InputError (naming the series folder, or the odd slice) when :func:`check_series` finds the
+    slices do not form one regular grid: mixed orientation/size/pixel spacing, duplicate positions,
+    uneven slice spacing (a missing slice), or a sheared (gantry-tilted) stack.
+    """
+    checked = check_series(list(headers))
+    if isinstance(checked, SeriesProblem):
+        raise checked.error()
+    return checked
 
 
 def read_ct_series(headers: Sequence[DicomHeader]) -> Volume:
@@ -318,3 +406,4 @@ def _is_number(x: Any) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+

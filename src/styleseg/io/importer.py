@@ -5,7 +5,15 @@ every bad input is found *before* the first volume is written; the dataset is th
 :class:`~styleseg.io.dataset.DatasetWriter`, which renames a complete folder into place or leaves
 nothing. With ``skip_bad`` bad inputs are listed in the :class:`ImportReport` instead of raising.
 
-Case extras in dataset.json: ``source_files``, ``source`` ("dicom" | "nifti"), ``scanner`` (DICOM tags,
+DICOM cases are the series :func:`styleseg.io.series.discover_series` keeps (one case per axial CT
+series; localizers, reformats, secondary captures and series that do not form a regular grid are left
+out and listed in ``ImportReport.skipped`` / ``notes``), so a tree without RTSTRUCTs becomes an
+unlabelled dataset with one case per series.
+
+Case extras in dataset.json: ``source_files`` (DICOM: the CT slice files in slice order, what
+:func:`styleseg.io.rtstruct.write_seg` takes), ``series`` (DICOM: Study/Series/FrameOfReference UIDs,
+SeriesNumber, SeriesDescription, ``n_slices`` and the ordered ``sop_instance_uids``),
+``structure_files`` (RTSTRUCT/SEG files used), ``source`` ("dicom" | "nifti"), ``scanner`` (DICOM tags,
 see :func:`styleseg.io.dicom.scanner_tags`), ``rois`` (raw ROI name -> structure or null), ``notes``.
 ``annotated`` lists the structures found (contoured / labelled); when the schema has ``body`` and a
 labelled case has no body contour, body is derived from the image (:func:`styleseg.labels.add_body`)
@@ -25,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from styleseg.errors import InputError
-from styleseg.io.dataset import DatasetWriter, safe_case_id
-from styleseg.io.dicom import DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
+from styleseg.io.dataset import DatasetWriter
+from styleseg.io.dicom import SKIP_NOT_CT, DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
 from styleseg.io.rtstruct import MaskSet, rasterise_rtstruct, read_seg, rtstruct_references, seg_references
+from styleseg.io.series import CTSeries, discover_series
 from styleseg.io.volume import Volume, check_same_grid, is_nifti, read_nifti
 from styleseg.labels import LabelSchema, add_body
 
@@ -64,8 +73,9 @@ class ImportReport:
 @dataclass
 class _DicomCase:
     case_id: str
-    ct: list[DicomHeader]
+    ct: list[DicomHeader]  # sorted along the slice normal
     structs: list[DicomHeader] = field(default_factory=list)  # RTSTRUCT and SEG headers
+    series: CTSeries | None = None
 
 
 @dataclass
@@ -146,8 +156,9 @@ def _find_nifti(files: Sequence[Path], pairs: list[_NiftiCase]) -> set[Path]:
     return claimed
 
 
-def _match_struct(h: DicomHeader, series: Mapping[str, list[DicomHeader]]) -> str | None:
-    """The CT series an RTSTRUCT/SEG refers to: by image instances, then series UID, then frame of reference."""
+def _match_struct(h: DicomHeader, series: Mapping[str, list[DicomHeader]], kept: set[str]) -> str | None:
+    """The CT series an RTSTRUCT/SEG refers to: by image instances, then series UID (among every CT series
+    found, kept or left out), then by a Frame of Reference that exactly one kept series has."""
     refs = rtstruct_references(h.ds) if h.kind == "rtstruct" else seg_references(h.ds)
     if refs.sop_uids:
         for uid, hs in series.items():
@@ -156,46 +167,47 @@ def _match_struct(h: DicomHeader, series: Mapping[str, list[DicomHeader]]) -> st
     for uid in refs.series_uids:
         if uid in series:
             return uid
-    same_for = [uid for uid, hs in series.items() if refs.frame_of_reference_uid
-                and hs[0].frame_of_reference_uid == refs.frame_of_reference_uid]
+    same_for = [uid for uid in kept if refs.frame_of_reference_uid
+                and series[uid][0].frame_of_reference_uid == refs.frame_of_reference_uid]
     if len(same_for) == 1:
         return same_for[0]
     return None
 
 
 def _dicom_cases(scan: DicomScan, report: ImportReport, skip_bad: bool) -> list[_DicomCase]:
-    series = scan.ct_series()
-    by_patient: dict[str, list[str]] = {}
-    for uid, hs in series.items():
-        by_patient.setdefault(hs[0].patient_id, []).append(uid)
-    cases: dict[str, _DicomCase] = {}
-    used: set[str] = set()
-    for uid, hs in series.items():
-        ds = hs[0].ds
-        cid = hs[0].patient_id
-        if len(by_patient[cid]) > 1:
-            cid = f"{cid}_{ds.get('StudyDate', '') or 'nodate'}_s{ds.get('SeriesNumber', '') or 0}"
-        cid = safe_case_id(cid)
-        base, n = cid, 2
-        while cid in used:
-            cid, n = f"{base}_{n}", n + 1
-        used.add(cid)
-        cases[uid] = _DicomCase(cid, hs)
+    """One case per CT series :func:`discover_series` keeps, with the RTSTRUCTs/SEGs that refer to it.
+
+    Series left out (localizers, oblique, missing slices, ...) are listed in ``report.skipped`` and non-CT
+    series in ``report.notes``. A structure set whose series was left out is an error (its annotation
+    would be lost silently), or is skipped and listed with ``skip_bad``.
+    """
+    index = discover_series(scan)
+    left_out = {s.series_uid: s for s in index.skipped}
+    for sk in index.skipped:
+        if sk.reason == SKIP_NOT_CT:
+            report.notes.append(f"{sk.folder}: {sk.describe()} (CT, RTSTRUCT and SEG are imported)")
+        else:
+            report.skipped.append((str(sk.folder), sk.describe()))
+    cases = {s.series_uid: _DicomCase(s.case_id, s.headers, series=s) for s in index.series}
+    raw = scan.ct_series()
     for h in scan.of_kind("rtstruct") + scan.of_kind("seg"):
-        uid = _match_struct(h, series)
-        if uid is None:
+        uid = _match_struct(h, raw, set(cases))
+        if uid in cases:
+            cases[uid].structs.append(h)
+            continue
+        if uid in left_out:
+            sk = left_out[uid]
+            err = InputError(h.path, f"{h.kind.upper()} refers to the CT series in {sk.folder}, which was left out "
+                             f"({sk.reason}: {sk.detail})", "fix that series (see the reason), or use --skip-bad")
+        else:
             refs = rtstruct_references(h.ds) if h.kind == "rtstruct" else seg_references(h.ds)
             err = InputError(h.path, f"{h.kind.upper()} references CT series {sorted(refs.series_uids) or '?'} "
                              f"(frame of reference {refs.frame_of_reference_uid}), which is not among the inputs",
                              "add the CT series folder to the SOURCE list, or use --skip-bad")
-            if not skip_bad:
-                raise err
-            log.warning("skipping %s", err)
-            report.skipped.append((str(h.path), err.problem))
-            continue
-        cases[uid].structs.append(h)
-    for h in scan.of_kind("other"):
-        report.notes.append(f"{h.path}: modality {h.modality or '?'} is not imported (CT, RTSTRUCT and SEG are)")
+        if not skip_bad:
+            raise err
+        log.warning("skipping %s", err)
+        report.skipped.append((str(h.path), err.problem))
     return list(cases.values())
 
 
@@ -227,10 +239,14 @@ def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, stru
                 raise InputError(h.path, f"cannot read DICOM SEG ({e})", "re-export it, or use --skip-bad") from e
             masks.merge(read_seg(ds, image, schema, structure_map, h.path))
     extras: dict[str, Any] = {
-        "source": "dicom", "scanner": image.tags["scanner"],
-        "source_files": image.tags["source_files"] + [str(h.path) for h in c.structs],
+        "source": "dicom", "scanner": image.tags["scanner"], "source_files": image.tags["source_files"],
         "SeriesInstanceUID": image.tags["SeriesInstanceUID"], "PatientID": image.tags["PatientID"],
     }
+    if c.series is not None:
+        extras["series"] = c.series.reference()
+    if c.structs:
+        extras["structure_files"] = [str(h.path) for h in c.structs]
+    notes = list(c.series.notes) if c.series is not None else []
     label_vol = None
     annotated: list[str] = []
     derived: list[str] = []
@@ -240,12 +256,13 @@ def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, stru
         label, annotated, derived = _finish_label(c.case_id, image, label, annotated, schema, derive_body)
         label_vol = image.with_array(label)
         extras["rois"] = masks.rois
-        if masks.notes:
-            extras["notes"] = masks.notes
+        notes += masks.notes
+    if notes:
+        extras["notes"] = notes
     w.add_case(c.case_id, image, label_vol, annotated=annotated if label_vol is not None else None,
                derived=derived, **extras)
     report.cases.append(ImportedCase(c.case_id, "dicom", image.shape, tuple(annotated), tuple(derived),
-                                     len(extras["source_files"])))
+                                     len(extras["source_files"]) + len(c.structs)))
 
 
 def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
@@ -339,7 +356,7 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
     dicom_cases = _dicom_cases(scan, report, skip_bad)
     # a series beside a bad file is skipped as a whole: the bad file may be one of its slices (its header
     # may be unreadable), and a gap would silently distort the volume
-    bad_dirs = {Path(p).parent for p, _ in report.skipped}
+    bad_dirs = {Path(f).parent for f, _ in scan.bad}
     kept: list[_DicomCase] = []
     for c in dicom_cases:
         if bad_dirs & {h.path.parent for h in c.ct}:
@@ -351,7 +368,8 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
     if not kept and not pairs:
         where = paths[0] if len(paths) == 1 else None
         raise InputError(where, f"no CT series or NIfTI image found in {', '.join(map(str, paths))} "
-                         f"({len(report.ignored)} non-DICOM files ignored, {len(report.skipped)} bad)",
+                         f"({len(report.ignored)} non-DICOM files ignored, {len(report.skipped)} bad or left out"
+                         + "".join(f"; {p}: {r}" for p, r in report.skipped[:3]) + ")",
                          "point SOURCE at DICOM CT folders or NIfTI images (X_ct.nii.gz [+ X_labels.nii.gz])")
     ids = [c.case_id for c in kept] + [c.case_id for c in pairs]
     dup = sorted({i for i in ids if ids.count(i) > 1})

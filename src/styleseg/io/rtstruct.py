@@ -227,10 +227,19 @@ def read_seg(ds: Any, grid: Volume, schema: LabelSchema, structure_map: Mapping[
 
 def write_seg(label: Volume, schema: LabelSchema, source_files: Sequence[str | Path], out: str | Path,
               structures: Sequence[str] | None = None, algorithm: str = "styleseg") -> Path:
-    """Write a label volume as a BINARY DICOM SEG referencing its source CT series (highdicom).
+    """Write a label volume as a BINARY DICOM SEG (PS3.3 A.51) that references its source CT series (highdicom).
 
-    ``label`` must be on the grid of ``source_files`` (the CT slices it was imported from, e.g.
-    ``case.extras["source_files"]``). ``structures`` limits the segments written (default: all present).
+    ``label`` must be on the grid of ``source_files``: the CT slices it was imported from or predicted on
+    (``case.extras["source_files"]``, or any run of consecutive slices of a series; other files such as an
+    RTSTRUCT in the list are ignored). The SEG shares the source's Study and Frame of Reference, lists
+    every source instance in ReferencedSeriesSequence, and each frame names its source slice
+    (DerivationImageSequence) and carries that slice's ImagePositionPatient and orientation.
+
+    Segments: one per structure of ``structures`` (default: the schema's) present in the label, labelled
+    with the schema name (SNOMED CT type codes for the default structures). Absent structures get no
+    segment and empty frames are left out. An all-background label still gives a valid SEG, saying "none
+    found": one segment per requested structure and one empty frame each, on the first slice (a SEG must
+    have a segment and a frame; frames for every slice would only repeat "empty").
     """
     import highdicom as hd
     import pydicom
@@ -238,44 +247,55 @@ def write_seg(label: Volume, schema: LabelSchema, source_files: Sequence[str | P
 
     from styleseg import __version__
     from styleseg.io.atomic import atomic_path
-    from styleseg.io.dicom import read_ct_series, read_header
+    from styleseg.io.dicom import read_header, slice_geometry
 
     headers = [h for h in (read_header(Path(f)) for f in source_files) if h is not None and h.kind == "ct"]
     if not headers:
         raise InputError(None, "no CT source files given for the DICOM SEG", "pass the case's source_files")
-    ct = read_ct_series(headers)
-    if not ct.same_grid(label):
+    headers, geom = slice_geometry(headers)
+    rows, cols = int(headers[0].ds.Rows), int(headers[0].ds.Columns)
+    grid = Volume(np.broadcast_to(np.uint8(0), (len(headers), rows, cols)), geom["spacing"], geom["origin"],
+                  geom["direction"])
+    if not grid.same_grid(label):
         raise InputError(None, f"label grid {label.grid_description()} differs from its CT series "
-                         f"{ct.grid_description()}", "write the SEG for the series the label was made on")
-    sources = [pydicom.dcmread(f) for f in ct.tags["source_files"]]
+                         f"{grid.grid_description()}", "write the SEG for the series the label was made on")
+    requested = list(structures) if structures is not None else list(schema.names)
+    unknown = [n for n in requested if n not in schema.names]
+    if unknown:
+        raise InputError(None, f"structures {unknown} are not in the label schema ({', '.join(schema.names)})",
+                         "name structures of the schema")
+    sources = [pydicom.dcmread(h.path, stop_before_pixels=True) for h in headers]
     for ds in sources:  # type-2 patient/study attributes highdicom copies; empty when the CT lacks them
         for kw in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
                    "AccessionNumber", "ReferringPhysicianName"):
             if kw not in ds:
                 setattr(ds, kw, "")
     arr = np.asarray(label.array)
-    names = [n for n in (structures or schema.names) if np.any(arr == schema.value(n))]
-    if not names:
-        raise InputError(None, "the label volume holds none of the requested structures; nothing to write")
+    names = [n for n in requested if np.any(arr == schema.value(n))]
     seg_map = np.zeros(arr.shape, np.uint8)
-    descriptions = []
-    algo = hd.AlgorithmIdentificationSequence(name=algorithm, version=__version__,
-                                              family=codes.cid7162.ArtificialIntelligence)
     for i, n in enumerate(names, start=1):
         seg_map[arr == schema.value(n)] = i
+    extra: dict[str, Any] = {}
+    if not names:  # all background: one empty frame per segment, placed on the first slice
+        names, seg_map = requested, seg_map[:1]
+        extra["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                                             sources[0].ImagePositionPatient)]
+        log.info("%s: no structure in the label; writing a SEG with empty segments", out)
+    algo = hd.AlgorithmIdentificationSequence(name=algorithm, version=__version__,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    descriptions = []
+    for i, n in enumerate(names, start=1):
         code, meaning = SNOMED.get(n, (f"styleseg-{schema.value(n)}", n))
-        scheme = "SCT" if n in SNOMED else "99STYLESEG"
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=i, segment_label=n,
-            segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
-            segmented_property_type=hd.sr.CodedConcept(code, scheme, meaning),
+            segment_number=i, segment_label=n, segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=hd.sr.CodedConcept(code, "SCT" if n in SNOMED else "99STYLESEG", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=seg_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="styleseg",
         manufacturer_model_name="styleseg", software_versions=__version__, device_serial_number="0",
-        omit_empty_frames=True)
+        omit_empty_frames=True, series_description=f"{algorithm} segmentation", **extra)
     out = Path(out)
     with atomic_path(out) as tmp:
         seg.save_as(tmp)
