@@ -31,7 +31,7 @@ import numpy as np
 
 from styleseg import __version__
 from styleseg.errors import InputError
-from styleseg.io.atomic import atomic_dir, write_json
+from styleseg.io.atomic import atomic_dir, clean_stale, write_json
 from styleseg.io.volume import Volume, check_same_grid, read_nifti, write_nifti
 from styleseg.labels import LabelSchema
 
@@ -168,6 +168,7 @@ class DatasetWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> DatasetWriter:
+        clean_stale(self.out)  # an interrupted earlier write of this dataset
         if self.out.exists() and not self.overwrite:
             raise InputError(self.out, "output already exists", "choose another --out or remove it first")
         self._ctx = atomic_dir(self.out, overwrite=self.overwrite)
@@ -176,14 +177,17 @@ class DatasetWriter:
         return self
 
     def __exit__(self, et, ev, tb) -> bool:
-        assert self._ctx is not None
+        assert self._ctx is not None and self.tmp is not None
         if et is None:
-            if not self.records:
-                err = InputError(None, "no case was written, so no dataset was created",
-                                 "check the inputs (is the folder empty?)")
-                self._ctx.__exit__(type(err), err, None)
-                raise err
-            write_json(self.tmp / DATASET_JSON, self.dataset_json())
+            try:
+                if not self.records:
+                    raise InputError(None, "no case was written, so no dataset was created",
+                                     "check the inputs (is the folder empty?)")
+                write_json(self.tmp / DATASET_JSON, self.dataset_json())
+            except BaseException as e:  # the temporary folder goes, and errors name the final paths
+                if not self._ctx.__exit__(type(e), e, e.__traceback__):
+                    raise
+                return True
         return bool(self._ctx.__exit__(et, ev, tb))
 
     def add_case(self, case_id: str, image: Volume, label: Volume | None = None,
@@ -246,6 +250,7 @@ def subset_dataset(src: str | Path, cases: Sequence[str], out: str | Path, name:
 
     ds = Dataset(src)
     out = Path(out)
+    clean_stale(out)
     if out.exists() and not overwrite:
         raise InputError(out, "output already exists", "choose another output or remove it first")
     with atomic_dir(out, overwrite=overwrite) as tmp:
