@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         pair: list[str] = typer.Option([], "--pair", help="Explicit NIfTI pair IMAGE,LABEL (repeatable)."),
         no_body: bool = typer.Option(False, "--no-body", help="Do not derive the body label from the image."),
         name: str | None = typer.Option(None, "--name", help="Dataset name (default: the folder name)."),
+        allow_unusual_hu: bool = typer.Option(False, "--allow-unusual-hu", help="Accept CT whose values do not "
+                                              "look like Hounsfield units (no air in view, e.g. a tight crop)."),
     ) -> None:
         """Import clinical CT into a dataset.
 
@@ -44,7 +46,8 @@ def register(app: typer.Typer) -> None:
                 raise InputError(None, f"--pair {p!r} must be IMAGE,LABEL", "e.g. --pair a_ct.nii.gz,a_seg.nii.gz")
             srcs.append((Path(parts[0]), Path(parts[1])))
         rep = import_sources(srcs, out, structure_map=load_structure_map(structures), skip_bad=skip_bad,
-                             derive_body=not no_body, name=name, cases_json=cases_json)
+                             derive_body=not no_body, name=name, cases_json=cases_json,
+                             allow_unusual_hu=allow_unusual_hu)
         con = Console()
         t = Table(title=f"imported into {rep.out}")
         for col in ("case", "source", "shape (z,y,x)", "annotated", "derived"):

@@ -27,6 +27,7 @@ import numpy as np
 from styleseg.errors import InputError
 from styleseg.io.dataset import DatasetWriter, safe_case_id
 from styleseg.io.dicom import DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
+from styleseg.io.integrity import check_hounsfield
 from styleseg.io.rtstruct import MaskSet, rasterise_rtstruct, read_seg, rtstruct_references, seg_references
 from styleseg.io.volume import Volume, check_same_grid, is_nifti, read_nifti
 from styleseg.labels import LabelSchema, add_body
@@ -212,10 +213,15 @@ def _finish_label(case_id: str, image: Volume, label: np.ndarray, annotated: lis
 
 
 def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, structure_map: Mapping[str, str] | None,
-                      derive_body: bool, report: ImportReport) -> None:
+                      derive_body: bool, report: ImportReport, allow_unusual_hu: bool = False) -> None:
     import pydicom
 
     image = read_ct_series(c.ct)
+    if not allow_unusual_hu:
+        ds0 = c.ct[0].ds
+        check_hounsfield(image.array, image.spacing[:2], c.ct[0].path.parent,
+                         f"series has RescaleSlope {ds0.get('RescaleSlope', '(none)')}, RescaleIntercept "
+                         f"{ds0.get('RescaleIntercept', '(none)')}: is the rescale missing or wrong?")
     masks = MaskSet()
     for h in c.structs:
         if h.kind == "rtstruct":
@@ -249,14 +255,17 @@ def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, stru
 
 
 def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
-                      derive_body: bool, report: ImportReport) -> None:
-    image = read_nifti(c.image)
+                      derive_body: bool, report: ImportReport, allow_unusual_hu: bool = False) -> None:
+    image = read_nifti(c.image, require_3d=True)
+    if not allow_unusual_hu:
+        check_hounsfield(image.array, image.spacing[:2], c.image,
+                         "values may be stored values without RescaleSlope/RescaleIntercept applied")
     label_vol = None
     annotated: list[str] = []
     derived: list[str] = []
     extras: dict[str, Any] = {"source": "nifti", "source_files": [str(c.image)] + ([str(c.label)] if c.label else [])}
     if c.label is not None:
-        lab = read_nifti(c.label)
+        lab = read_nifti(c.label, require_3d=True)
         check_same_grid(image, lab, c.label)
         arr = np.asarray(lab.array)
         if remap:
@@ -286,13 +295,15 @@ def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, rema
 def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSchema | None = None,
                    structure_map: Mapping[str, str] | None = None, skip_bad: bool = False, derive_body: bool = True,
                    name: str | None = None, cases_json: str | Path | None = None,
-                   overwrite: bool = False) -> ImportReport:
+                   overwrite: bool = False, allow_unusual_hu: bool = False) -> ImportReport:
     """Import DICOM folder trees (CT + RTSTRUCT/SEG) and NIfTI pairs into a dataset folder at ``out``.
 
     ``sources``: folders or files; a ``(image, label)`` tuple is an explicit NIfTI pair (label may be
     None). ``structure_map``: raw ROI name -> schema structure (MAP.toml ``[structures]``).
     ``cases_json``: per-case annotated structures for NIfTI cases (default: a ``cases.json`` beside
     the NIfTI files if present). Raises InputError naming the file for bad input unless ``skip_bad``.
+    ``allow_unusual_hu``: accept CT that does not look like Hounsfield units (see
+    :func:`styleseg.io.integrity.check_hounsfield`; by default such a case is bad input).
     """
     schema = schema or LabelSchema.default()
     out = Path(out)
@@ -362,10 +373,11 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
             "importer": "styleseg import"}
     with DatasetWriter(out, name or out.name, schema, meta=meta, overwrite=overwrite) as w:
         for c in kept:
-            _guard(lambda c=c: _write_dicom_case(w, c, schema, structure_map, derive_body, report),
+            _guard(lambda c=c: _write_dicom_case(w, c, schema, structure_map, derive_body, report, allow_unusual_hu),
                    c.ct[0].path.parent, skip_bad, report)
         for c in pairs:
-            _guard(lambda c=c: _write_nifti_case(w, c, schema, remap, derive_body, report), c.image, skip_bad, report)
+            _guard(lambda c=c: _write_nifti_case(w, c, schema, remap, derive_body, report, allow_unusual_hu),
+                   c.image, skip_bad, report)
         if not w.records:
             raise InputError(None, "every case was bad; nothing was imported: "
                              + "; ".join(f"{p}: {r}" for p, r in report.skipped), "fix the inputs listed")
