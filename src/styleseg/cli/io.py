@@ -78,8 +78,9 @@ def register(app: typer.Typer) -> None:
         for col in ("case", "shape (z,y,x)", "spacing (mm)", "scanner", "kernel", "labels", "annotated"):
             t.add_column(col)
         for c in ds:
-            shape, spacing = _grid(ds.image_path(c.case_id))
-            sc = c.extras.get("scanner", {}) or {}
+            shape, spacing = _grid(ds.existing_image(c.case_id))
+            sc = c.extras.get("scanner")
+            sc = sc if isinstance(sc, dict) else {}
             scanner = " ".join(str(sc[k]) for k in ("Manufacturer", "ManufacturerModelName") if k in sc) or "-"
             ann = ", ".join(f"{a}*" if a in c.derived else a for a in c.annotated) or "-"
             t.add_row(c.case_id, shape, spacing, scanner, str(sc.get("ConvolutionKernel", "-")), c.labels or "-", ann)
@@ -92,8 +93,14 @@ def _grid(path: Path) -> tuple[str, str]:
     """Shape and spacing of a NIfTI image from its header only (fast)."""
     import SimpleITK as sitk
 
+    from styleseg.errors import InputError
+
     r = sitk.ImageFileReader()
     r.SetFileName(str(path))
-    r.ReadImageInformation()
+    try:
+        r.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(path, f"cannot read the NIfTI header: {str(e).strip().splitlines()[-1]}",
+                         "re-export the file, or re-create the dataset") from e
     size = r.GetSize()[::-1]
     return "x".join(map(str, size)), "x".join(f"{s:.3g}" for s in r.GetSpacing())
