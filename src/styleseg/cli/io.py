@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -49,17 +49,18 @@ def register(app: typer.Typer) -> None:
                              derive_body=not no_body, name=name, cases_json=cases_json,
                              allow_unusual_hu=allow_unusual_hu)
         con = Console()
-        t = Table(title=f"imported into {rep.out}")
+        t = Table(title=f"imported into {esc(rep.out)}")
         for col in ("case", "source", "shape (z,y,x)", "annotated", "derived"):
             t.add_column(col)
         for c in rep.cases:
-            t.add_row(c.case_id, c.source, "x".join(map(str, c.shape)), ", ".join(c.annotated) or "-",
+            t.add_row(esc(c.case_id), c.source, "x".join(map(str, c.shape)), ", ".join(c.annotated) or "-",
                       ", ".join(c.derived) or "-")
         con.print(t)
         for p, why in rep.skipped:
-            con.print(f"[yellow]skipped[/] {p}: {why}", highlight=False)
+            con.print(f"[yellow]skipped[/] {esc(p)}: {esc(why)}", highlight=False, soft_wrap=True)
         if rep.ignored:
-            con.print(f"{len(rep.ignored)} non-DICOM files ignored (e.g. {rep.ignored[0]})", highlight=False)
+            con.print(f"{len(rep.ignored)} non-DICOM files ignored (e.g. {rep.ignored[0]})", highlight=False,
+                      markup=False, soft_wrap=True)
 
     @app.command("info")
     @handle_errors
@@ -74,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from styleseg.io.dataset import Dataset
 
         ds = Dataset(dataset)
-        t = Table(title=f"{ds.name}: {len(ds)} cases, labels {ds.schema.to_labels_dict()}")
+        t = Table(title=f"{esc(ds.name)}: {len(ds)} cases, labels {esc(ds.schema.to_labels_dict())}")
         for col in ("case", "shape (z,y,x)", "spacing (mm)", "scanner", "kernel", "labels", "annotated"):
             t.add_column(col)
         for c in ds:
@@ -83,7 +84,8 @@ def register(app: typer.Typer) -> None:
             sc = sc if isinstance(sc, dict) else {}
             scanner = " ".join(str(sc[k]) for k in ("Manufacturer", "ManufacturerModelName") if k in sc) or "-"
             ann = ", ".join(f"{a}*" if a in c.derived else a for a in c.annotated) or "-"
-            t.add_row(c.case_id, shape, spacing, scanner, str(sc.get("ConvolutionKernel", "-")), c.labels or "-", ann)
+            t.add_row(esc(c.case_id), shape, spacing, esc(scanner), esc(sc.get("ConvolutionKernel", "-")),
+                      c.labels or "-", ann)
         con = Console()
         con.print(t)
         con.print("* derived from the image, not drawn", highlight=False)

@@ -91,7 +91,7 @@ def load_structure_map(path: str | Path | None) -> dict[str, str] | None:
     table = data.get("structures", data)
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise InputError(path, "expected a [structures] table of ROI name = structure name strings",
-                         'write e.g.\n[structures]\n"LUNG_TOTAL_L" = "lung_left"')
+                         'write a [structures] table with lines like "LUNG_TOTAL_L" = "lung_left"')
     return {str(k): v for k, v in table.items()}
 
 
