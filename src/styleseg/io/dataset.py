@@ -211,7 +211,8 @@ class DatasetWriter:
         assert self.tmp is not None, "use DatasetWriter as a context manager"
         cid = safe_case_id(case_id)
         if cid in self.records:
-            raise ValueError(f"duplicate case id {cid!r}")
+            raise InputError(None, f"two cases get the case id {cid!r} (the second from {case_id!r})",
+                             "rename one of them")
         if label_role not in LABEL_DIRS:
             raise ValueError(f"label_role must be one of {LABEL_DIRS}")
         img_arr = image.array

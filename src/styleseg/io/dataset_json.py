@@ -10,8 +10,10 @@ the offending case. :func:`safe_case_id` makes ids from file names and PatientID
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,25 @@ LABEL_DIRS = ("labelsTr", "labelsRef")
 FILE_ENDINGS = (".nii.gz", ".nii")
 #: longest case id (UTF-8 bytes): "<id>_0000.nii.gz" and its temporaries stay within the 255-byte name limit
 MAX_CASE_ID_BYTES = 200
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_SAFE_ID = re.compile(r"[\w.-]+")  # \w: letters and digits of every script, and "_"
+_SAFE = re.compile(r"[^\w.-]+")  # \w: letters and digits of every script, and "_"
+_SAFE_ID = re.compile(r"[\w.-]+")
 
 
 def safe_case_id(text: str) -> str:
-    """A file-system-safe case identifier (letters, digits, '.', '_', '-')."""
+    """A file-system-safe case identifier: letters and digits of any script, '.', '_', '-'.
+
+    Other characters become '_' ("пациент 1" -> "пациент_1"); the text is NFC-normalised first, so one
+    name typed in two Unicode forms is one id. Names with nothing usable left ("😀") or longer than
+    :data:`MAX_CASE_ID_BYTES` get a short hash of the full name, so distinct names stay distinct.
+    Different names can still meet ("a b" and "a_b"): callers that name cases check for that.
+    """
+    text = unicodedata.normalize("NFC", text)
     s = _SAFE.sub("_", text.strip()).strip("._")
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     if not s:
-        raise ValueError(f"cannot make a case id from {text!r}")
+        return f"case-{digest}"
+    if len(s.encode()) > MAX_CASE_ID_BYTES:
+        s = s.encode()[: MAX_CASE_ID_BYTES - 11].decode("utf-8", "ignore").rstrip("._") + "-" + digest
     return s
 
 

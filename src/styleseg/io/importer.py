@@ -364,10 +364,7 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
         raise InputError(where, f"no CT series or NIfTI image found in {', '.join(map(str, paths))} "
                          f"({len(report.ignored)} non-DICOM files ignored, {len(report.skipped)} bad)",
                          "point SOURCE at DICOM CT folders or NIfTI images (X_ct.nii.gz [+ X_labels.nii.gz])")
-    ids = [c.case_id for c in kept] + [c.case_id for c in pairs]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise InputError(None, f"duplicate case ids {dup} across the sources", "import them into separate datasets")
+    _check_case_ids(kept, pairs)
 
     meta = {"sources": [str(p) for p in paths] + [str(c.image) for c in pairs if c.image not in claimed],
             "importer": "styleseg import"}
@@ -384,6 +381,19 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
         w.meta["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
     log.info("imported %d cases into %s (%d skipped)", len(report.cases), out, len(report.skipped))
     return report
+
+
+def _check_case_ids(dicom: Sequence[_DicomCase], nifti: Sequence[_NiftiCase]) -> None:
+    """Every case gets its own id: two sources whose names become one id ("a b", "a_b") are bad input."""
+    owner: dict[str, tuple[str, Path]] = {}
+    for raw, where in [(c.case_id, c.ct[0].path.parent) for c in dicom] + [(c.case_id, c.image) for c in nifti]:
+        cid = safe_case_id(raw)
+        if cid in owner:
+            first, first_at = owner[cid]
+            same = f"both named {raw!r}" if first == raw else f"named {first!r} and {raw!r}"
+            raise InputError(where, f"two cases, {same}, both become case id {cid!r} (the other is {first_at})",
+                             "rename one of them, or import them into separate datasets")
+        owner[cid] = (raw, where)
 
 
 def _guard(fn: Any, where: Path, skip_bad: bool, report: ImportReport) -> None:
