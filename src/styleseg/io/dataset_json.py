@@ -69,6 +69,13 @@ def check_case_id(cid: object, where: str | Path | None = None) -> str:
 _REPAIR = "repair dataset.json, or re-create the dataset with `styleseg import`"
 
 
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words ("a list", "an object", "null")."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
 def inside_root(root: Path, p: Path) -> bool:
     """Lexically inside ``root`` (symlinks a user made inside the dataset are followed on purpose)."""
     r, q = os.path.normpath(root), os.path.normpath(p)
@@ -85,7 +92,7 @@ def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str,
         return InputError(js, problem, _REPAIR)
 
     if not isinstance(data, dict):
-        raise bad(f"must hold a JSON object, not a {type(data).__name__}")
+        raise bad(f"must hold a JSON object, not {_json_kind(data)}")
     for key in ("labels", "file_ending"):
         if key not in data:
             raise bad(f"missing required key {key!r}")
@@ -95,7 +102,7 @@ def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str,
     labels = data["labels"]
     if not isinstance(labels, dict):
         raise bad("'labels' must map structure names to label values (e.g. {\"background\": 0, \"heart\": 3}), "
-                  f"not a {type(labels).__name__}")
+                  f"not {_json_kind(labels)}")
     for k, v in labels.items():
         if isinstance(v, bool) or not isinstance(v, int):
             extra = " (region-based labels are not supported)" if isinstance(v, list) else ""
@@ -106,28 +113,28 @@ def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str,
         raise bad(f"'labels': {e}") from e
     ext = data.get("styleseg", {})
     if not isinstance(ext, dict):
-        raise bad(f"'styleseg' must be an object, not a {type(ext).__name__}")
+        raise bad(f"'styleseg' must be an object, not {_json_kind(ext)}")
     meta = ext.get("meta", {})
     if not isinstance(meta, dict):
-        raise bad(f"'meta' (in 'styleseg') must be an object, not a {type(meta).__name__}")
+        raise bad(f"'meta' (in 'styleseg') must be an object, not {_json_kind(meta)}")
     cases = ext.get("cases")
     if cases is None:
         return fe, schema, dict(meta), None
     if not isinstance(cases, dict):
-        raise bad(f"'cases' (in 'styleseg') must map case ids to objects, not a {type(cases).__name__}")
+        raise bad(f"'cases' (in 'styleseg') must map case ids to objects, not {_json_kind(cases)}")
     for cid, entry in cases.items():
         problem = case_id_problem(cid)
         if problem is not None:
             raise InputError(js, problem, _REPAIR)
         if not isinstance(entry, dict):
-            raise bad(f"case {cid!r}: the entry must be an object, not a {type(entry).__name__}")
+            raise bad(f"case {cid!r}: the entry must be an object, not {_json_kind(entry)}")
         role = entry.get("labels")
         if role is not None and (not isinstance(role, str) or role not in LABEL_DIRS):
             raise bad(f"case {cid!r}: labels folder {role!r} is not one of {', '.join(LABEL_DIRS)} (or null)")
         for key in ("annotated", "derived"):
             names = entry.get(key, [])
             if not isinstance(names, list):
-                raise bad(f"case {cid!r}: {key!r} must be a list of structure names, not a {type(names).__name__}")
+                raise bad(f"case {cid!r}: {key!r} must be a list of structure names, not {_json_kind(names)}")
             for n in names:
                 if not isinstance(n, str):
                     raise bad(f"case {cid!r}: {key!r} holds {n!r}, not a structure name")
