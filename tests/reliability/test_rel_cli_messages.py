@@ -75,3 +75,24 @@ def test_error_printer_keeps_brackets_and_one_line(monkeypatch, tmp_path):
                         input=None, contains=[], left="nothing at --out",
                         tmp=tmp_path)
     assert line == f"error: {tmp_path / '[x]'}: first line second [/y] line (fix: do [b]this[/b])"
+
+
+def test_printer_formats_os_errors(monkeypatch, tmp_path):
+    """OSErrors that escape a command (an output that exists, a folder that cannot be made) print as the
+    same one line, naming the file."""
+    import errno
+
+    import styleseg.io.importer as importer
+
+    errors = [FileExistsError(errno.EEXIST, "already exists", str(tmp_path / "ds")),
+              PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))]
+    want = [f"error: {tmp_path / 'ds'}: already exists (fix: choose another --out, or remove it first)",
+            f"error: {tmp_path / 'x'}: Permission denied (fix: check the path, its permissions and the free disk "
+            "space)"]
+    for err, line in zip(errors, want, strict=True):
+        def boom(*a, _err=err, **k):
+            raise _err
+
+        monkeypatch.setattr(importer, "import_sources", boom)
+        assert expect_error(["import", str(tmp_path), "--out", str(tmp_path / "ds")], input=None, contains=[],
+                            left="") == line

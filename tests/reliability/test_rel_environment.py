@@ -128,3 +128,13 @@ def test_2d_label_for_a_3d_image(tmp_path):
     expect_error(["import", str(tmp_path / "src"), "--out", str(tmp_path / "ds")],
                  input="2D label NIfTI beside a 3D image",
                  contains=[str(src.with_name("a_labels.nii.gz")), "2D image"], left="nothing at --out", tmp=tmp_path)
+
+
+def test_existing_output_is_kept(tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    expect_error(["make-benchmark", "--out", str(out)], input="--out that already exists",
+                 contains=[f"error: {out}: output already exists (fix: choose another --out or remove it first)"],
+                 left="the existing folder, unchanged", tmp=tmp_path)
+    assert listing(tmp_path) == ["bench", "bench/mine.txt"] and (out / "mine.txt").read_text() == "keep"

@@ -70,7 +70,7 @@ def test_nan_or_inf_voxels_refused(tmp_path, bad):
     with pytest.raises(InputError, match="NaN or infinite") as e:
         read_nifti(p)
     assert "(z, y, x) = (1, 10, 12)" in e.value.problem
-    _import(tmp_path, tmp_path / "src", f"float NIfTI with a {bad} voxel", [str(p), "1 voxel", "NaN or infinite"])
+    _import(tmp_path, tmp_path / "src", f"float NIfTI with a voxel of {bad}", [str(p), "1 voxel", "NaN or infinite"])
 
 
 def test_unrescaled_nifti_refused_unless_allowed(tmp_path):

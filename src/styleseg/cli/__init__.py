@@ -45,8 +45,13 @@ def handle_errors(fn: F) -> F:
 
         try:
             return fn(*args, **kwargs)
-        except (StylesegError, FileExistsError) as e:
+        except StylesegError as e:
             print_error(str(e))
+            raise typer.Exit(2) from None
+        except FileExistsError as e:  # an output that must not be overwritten
+            where = e.filename or (e.args[0] if len(e.args) == 1 else None)
+            print_error(f"{where}: already exists (fix: choose another --out, or remove it first)" if where
+                        else str(e))
             raise typer.Exit(2) from None
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""

@@ -210,7 +210,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     _prepare(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (choose another --out or remove it)")
+        raise FileExistsError(errno.EEXIST, "already exists", str(path))
     while True:
         tmp = _temp_name(path, "partial")
         try:
