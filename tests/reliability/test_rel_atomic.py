@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rel_helpers import listing, write_ct_nifti
 
-from styleseg.io.atomic import atomic_dir, atomic_path, write_json
+from styleseg.io.atomic import HOST_TAG, atomic_dir, atomic_path, write_json
 from styleseg.io.dataset import DatasetWriter
 from styleseg.io.volume import Volume, write_nifti
 from styleseg.labels import LabelSchema
@@ -33,28 +33,30 @@ def test_writer_temporaries_are_recognisable(tmp_path):
         seen.append(tmp.name)
     with atomic_dir(tmp_path / "ds") as tmp:
         seen.append(tmp.name)
-    pid = os.getpid()
-    assert seen[0].startswith(f".a.nii.gz.{pid}-") and seen[0].endswith(".tmp.nii.gz")
-    assert seen[1].startswith(f".ds.{pid}-") and seen[1].endswith(".partial")
+    tag = f"{HOST_TAG}-{os.getpid()}-"
+    assert seen[0].startswith(f".a.nii.gz.{tag}") and seen[0].endswith(".tmp.nii.gz")
+    assert seen[1].startswith(f".ds.{tag}") and seen[1].endswith(".partial")
 
 
 def test_stale_partial_of_a_dead_writer_is_removed(tmp_path):
     dead, alive = _dead_pid(), os.getppid()
-    stale = tmp_path / f".ds.{dead}-abcd1234.partial"
+    stale = tmp_path / f".ds.{HOST_TAG}-{dead}-abcd1234.partial"
     (stale / "imagesTr").mkdir(parents=True)
     (stale / "imagesTr" / "x_0000.nii.gz").write_bytes(b"\0" * 1000)
-    busy = tmp_path / f".ds.{alive}-abcd1234.partial"  # another writer, still running: not ours to remove
+    busy = tmp_path / f".ds.{HOST_TAG}-{alive}-abcd1234.partial"  # another writer, still running
     busy.mkdir()
-    other = tmp_path / f".other.{dead}-abcd1234.partial"  # another target: cleaned by its own writer
+    other = tmp_path / f".other.{HOST_TAG}-{dead}-abcd1234.partial"  # another target: its own writer cleans it
     other.mkdir()
+    remote = tmp_path / f".ds.ffffff-{dead}-abcd1234.partial"  # another host (shared disk): pid means nothing here
+    remote.mkdir()
     with atomic_dir(tmp_path / "ds") as tmp:
         (tmp / "f").write_text("new")
-    assert listing(tmp_path) == sorted([busy.name, other.name, "ds", "ds/f"])
+    assert listing(tmp_path) == sorted([busy.name, other.name, remote.name, "ds", "ds/f"])
 
 
 def test_stale_tmp_file_of_a_dead_writer_is_removed(tmp_path):
     dead = _dead_pid()
-    stale = tmp_path / f".a.nii.gz.{dead}-0badf00d.tmp.nii.gz"
+    stale = tmp_path / f".a.nii.gz.{HOST_TAG}-{dead}-0badf00d.tmp.nii.gz"
     stale.write_bytes(b"\0" * 100)
     unrelated = tmp_path / ".a.nii.gz.notes"  # not a temporary of ours
     unrelated.write_text("keep")
@@ -65,10 +67,10 @@ def test_stale_tmp_file_of_a_dead_writer_is_removed(tmp_path):
 def test_interrupted_swap_restores_the_previous_output(tmp_path):
     """Killed between moving the old output aside and moving the new one in: the old one comes back."""
     dead = _dead_pid()
-    old = tmp_path / f".ds.{dead}-12345678.old"
+    old = tmp_path / f".ds.{HOST_TAG}-{dead}-12345678.old"
     old.mkdir()
     (old / "dataset.json").write_text("{}")
-    (tmp_path / f".ds.{dead}-87654321.partial").mkdir()
+    (tmp_path / f".ds.{HOST_TAG}-{dead}-87654321.partial").mkdir()
     with pytest.raises(FileExistsError):
         with atomic_dir(tmp_path / "ds"):
             pass

@@ -3,12 +3,15 @@
 Files are written to a temporary sibling and renamed; folders are built under a temporary sibling
 name and renamed at the end, so an interrupted run never leaves something that looks finished.
 
-Temporaries are named ``.<target name>.<pid>-<token>.tmp<suffixes>`` (files), ``...partial`` (folders)
-and ``...old`` (a replaced folder, kept only during the swap). A writer killed with SIGKILL cannot
-remove its own, so the next writer of the same target removes those whose process is gone (and puts
-an ``.old`` folder back if the kill came between the two renames of a swap). Temporaries are created
-with mode 0666/0777 and the umask applied, so outputs get the user's normal permissions (mkstemp and
-mkdtemp would give 0600/0700).
+Temporaries are named ``.<target name>.<host>-<pid>-<token>.tmp<suffixes>`` (files), ``...partial``
+(folders) and ``...old`` (a replaced folder, kept only during the swap); ``<host>`` is a short hash of
+the host name. A writer killed with SIGKILL cannot remove its own, so the next writer of the same
+target on the same host removes those whose process is gone (and puts an ``.old`` folder back if the
+kill came between the two renames of a swap). Temporaries of another host (a shared file system, e.g.
+shards of ``segment`` on a cluster) are never touched: their process cannot be asked whether it lives.
+
+Temporaries are created with mode 0666/0777 and the umask applied, so outputs get the user's normal
+permissions (mkstemp and mkdtemp would give 0600/0700).
 
 An OSError from creating, writing or renaming an output (full disk, read-only folder, a file where a
 folder should be) becomes an :class:`InputError` naming the output and the errno text.
@@ -25,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,8 +85,13 @@ def _stem(name: str) -> str:
     return name[: _NAME_BYTES // 4] + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
 
 
+#: this host, in temporary names (6 hex digits of a hash of the host name)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def _temp_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^\.{re.escape(_stem(name))}\.(\d+)-[0-9a-f]{{8}}\.(tmp.*|partial|old)$")
+    """Temporaries of ``name`` written on this host: group 1 the pid, group 2 the kind."""
+    return re.compile(rf"^\.{re.escape(_stem(name))}\.{HOST_TAG}-(\d+)-[0-9a-f]{{8}}\.(tmp.*|partial|old)$")
 
 
 def _alive(pid: int) -> bool:
@@ -130,7 +139,7 @@ def clean_stale(path: str | Path) -> list[Path]:
 
 
 def _temp_name(path: Path, kind: str) -> Path:
-    return path.with_name(f".{_stem(path.name)}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+    return path.with_name(f".{_stem(path.name)}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.{kind}")
 
 
 def _prepare(path: Path) -> None:
