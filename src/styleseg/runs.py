@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,18 +113,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", restore_rng: bool = True) -> dict[str, Any]:
-    import torch
-
     from styleseg.errors import InputError
 
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise InputError(path, f"cannot load checkpoint ({type(e).__name__}: {e})",
-                         "the file is corrupt or from an incompatible version; retrain or restore it") from e
+    state = _torch_load(path, "checkpoint", map_location,
+                        "re-create it with styleseg: train again without --resume, or restore the checkpoint "
+                        "styleseg wrote")
     if restore_rng and "rng" in state:
         set_rng_state(state["rng"])
     return state
@@ -169,7 +166,6 @@ def write_model_folder(folder: str | Path, kind: str, model_json: dict[str, Any]
 
 def read_model_folder(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read and check a model folder; returns (model_json, state_dict). Errors name the file."""
-    import torch
 
     from styleseg.errors import InputError
 
@@ -192,8 +188,33 @@ def read_model_folder(folder: str | Path, kind: str) -> tuple[dict[str, Any], di
     w = folder / WEIGHTS
     if not w.exists():
         raise InputError(w, "weights file is missing", "copy the whole model folder, or retrain")
-    try:
-        sd = torch.load(w, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(w, f"cannot load weights ({type(e).__name__}: {e})", "the file is corrupt; retrain") from e
+    sd = _torch_load(w, "weights", "cpu", "re-create the model with styleseg (`styleseg train-seg` / "
+                     "`styleseg train-styles`), or restore the folder's original weights.pt")
     return meta, sd
+
+
+def _torch_load(path: Path, what: str, map_location: Any, fix: str) -> Any:
+    """``torch.load(weights_only=True)`` with errors in styleseg's words.
+
+    A file holding pickled Python objects is refused with our own advice: torch's message suggests
+    retrying with ``weights_only=False``, which would run whatever code the file holds, and styleseg
+    never does that (its files hold tensors and plain containers only).
+    """
+    import pickle
+
+    import torch
+
+    from styleseg.errors import InputError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        which = f" (it refers to {found.group(1)})" if found else ""
+        raise InputError(path, f"cannot load {what}: the file holds pickled Python objects{which}, not only tensors; "
+                         "styleseg never loads pickled code, since unpickling can run anything", fix) from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first.split(". This is an internal miniz error")[0]
+        raise InputError(path, f"cannot load {what} ({type(e).__name__}: {first}); the file is corrupt or "
+                         "truncated, or from an incompatible version", fix) from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,7 +33,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Decorator for commands: user errors -> red one-line message, exit code 2."""
+    """Decorator for commands: user errors -> one plain line ``error: ...`` on stderr, exit code 2.
+
+    Besides :class:`StylesegError`, an OSError that escapes a command (a folder that cannot be created,
+    a disk that fills up) is an environment problem, not a bug: it is printed the same way.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,17 +46,39 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except StylesegError as e:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
             raise typer.Exit(2) from None
-        except FileExistsError as e:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except FileExistsError as e:  # an output that must not be overwritten
+            where = e.filename or (e.args[0] if len(e.args) == 1 else None)
+            print_error(f"{where}: already exists (fix: choose another --out, or remove it first)" if where
+                        else str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            print_error(f"{where}{e.strerror or e} (fix: check the path, its permissions and the free disk space)")
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_error(message: str) -> None:
+    """Print ``error: MESSAGE`` to stderr as one line of plain text (a red prefix on a terminal).
+
+    The message is never parsed as rich markup: it holds paths, config sections and DICOM tags, where
+    ``[train_seg]`` would vanish and ``[/x]`` would crash the printer.
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    line = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())  # one line, whatever the message holds
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "bold red"), " ", line), highlight=False)
+
+
+def esc(value: object) -> str:
+    """``str(value)`` with rich markup escaped, for user data (paths, case ids, tags) inside markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def _version(value: bool) -> None:

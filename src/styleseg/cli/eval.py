@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def _fmt_ci(d: dict[str, Any] | None, digits: int = 3) -> str:
@@ -46,7 +46,7 @@ def print_metrics_table(res: dict[str, Any]) -> None:
     con = Console()
     con.print(t)
     if res.get("missing"):
-        con.print(f"[yellow]not evaluated (no prediction):[/] {', '.join(res['missing'])}")
+        con.print(f"[yellow]not evaluated (no prediction):[/] {esc(', '.join(res['missing']))}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

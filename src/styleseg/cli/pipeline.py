@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def _console():
@@ -28,16 +28,16 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
 
     con = _console()
     if dry_run:
-        con.print(f"[bold]run folder:[/] {run_dir}")
+        con.print(f"[bold]run folder:[/] {esc(run_dir)}", highlight=False)
         con.print(dump_toml(cfg.resolved()), highlight=False, markup=False)
         return
     t0 = time.time()
 
     def on_event(stage: str, what: str) -> None:
-        con.print(f"[dim]{time.time() - t0:7.0f} s[/]  [bold]{stage:<18}[/] {what}")
+        con.print(f"[dim]{time.time() - t0:7.0f} s[/]  [bold]{esc(f'{stage:<18}')}[/] {esc(what)}", highlight=False)
 
-    con.print(f"[bold]styleseg[/] {cfg.name}: run folder {run_dir} (preset {cfg.preset}, arms: "
-              f"{', '.join(cfg.arms)})")
+    con.print(f"[bold]styleseg[/] {esc(cfg.name)}: run folder {esc(run_dir)} (preset {esc(cfg.preset)}, arms: "
+              f"{esc(', '.join(cfg.arms))})", highlight=False)
     summary = run_experiment(cfg, run_dir, on_event=on_event)
     if summary["all_skipped"]:
         con.print("[green]Nothing to do:[/] every stage is up to date for this configuration.")
@@ -50,7 +50,7 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
             tab.add_column(s, justify="right")
         tab.add_column("pixel acc", justify="right")
         for r in rows:
-            tab.add_row(r["arm"],
+            tab.add_row(esc(r["arm"]),
                         *[f"{r[s]:.3f}" if s in r else "-" for s in structures],
                         f"{r['pixel_acc']:.4f}" if "pixel_acc" in r else "-")
         con.print(tab)
@@ -66,11 +66,11 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
             for s in structures:
                 tab.add_column(s, justify="right")
             for arm, d in res.items():
-                tab.add_row(arm, *[f"{d[s]:.3f}" for s in structures])
+                tab.add_row(esc(arm), *[f"{d[s]:.3f}" for s in structures])
             con.print(tab)
     for arm, why in summary["skipped_arms"].items():
-        con.print(f"[yellow]arm {arm} skipped:[/] {why}")
-    con.print(f"total {time.time() - t0:.0f} s; report: [bold]{summary['report']}[/]")
+        con.print(f"[yellow]arm {esc(arm)} skipped:[/] {esc(why)}", highlight=False)
+    con.print(f"total {time.time() - t0:.0f} s; report: [bold]{esc(summary['report'])}[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

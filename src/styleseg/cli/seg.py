@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             return
         vc = [] if no_val else (val_case or None)
         folder = train_segmentation(datasets, out, cfg, resume=resume, val_cases=vc)
-        con.print(f"[green]model written to[/] {folder}")
+        con.print(f"[green]model written to[/] {esc(folder)}", highlight=False)
 
     @app.command("segment")
     @handle_errors
@@ -81,8 +81,8 @@ def register(app: typer.Typer) -> None:
                       force_spacing=force_spacing, allow_incomplete=allow_incomplete)
         con = Console()
         con.print(f"[green]{len(rep.done)} segmented[/], {len(rep.skipped)} skipped (done before), "
-                  f"[red]{len(rep.failed)} failed[/] -> {rep.out} ({rep.slices} slices, {rep.seconds:.1f} s)")
+                  f"[red]{len(rep.failed)} failed[/] -> {esc(rep.out)} ({rep.slices} slices, {rep.seconds:.1f} s)")
         for cid, msg in rep.failed.items():
-            con.print(f"  [red]{cid}[/]: {msg}", highlight=False, soft_wrap=True)
+            con.print(f"  [red]{esc(cid)}[/]: {esc(msg)}", highlight=False, soft_wrap=True)
         if rep.failed:
             raise typer.Exit(1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def parse_slices(text: str) -> list[tuple[str, int]]:
@@ -81,18 +81,18 @@ def register(app: typer.Typer) -> None:
         for col in ("style", "case", "slice", "cluster", "label", "why"):
             tab.add_column(col, overflow="fold")
         for s in sset.styles:
-            tab.add_row(str(s.index), s.case_id, str(s.slice), str(s.cluster_size), s.label_source or "[red]none[/]",
-                        s.why)
+            tab.add_row(str(s.index), esc(s.case_id), str(s.slice), str(s.cluster_size),
+                        esc(s.label_source) if s.label_source else "[red]none[/]", esc(s.why))
         con.print(tab)
         t = sset.extras.get("timings_s", {})
         if t:
             con.print(f"time: {t.get('total_s', 0):.1f} s " + ", ".join(f"{k}={v:.1f}" for k, v in t.items()
                                                                          if k != "total_s"))
-        con.print(f"wrote {out}/styles.json and {out}/contact_sheet.png")
+        con.print(f"wrote {out}/styles.json and {out}/contact_sheet.png", highlight=False, markup=False)
         predicted = [s for s in sset.styles if s.label_source and s.label_source.startswith("model:")]
         if predicted:
             names = ", ".join(f"style_{s.index:02d}_label.nii.gz" for s in predicted)
-            con.print(f"[yellow]label maps predicted by a model: {names}. Check and correct them (e.g. in 3D "
+            con.print(f"[yellow]label maps predicted by a model: {esc(names)}. Check and correct them (e.g. in 3D "
                       f"Slicer over style_KK_image.nii.gz) before `styleseg train-styles`.[/]")
         missing = [s for s in sset.styles if s.label is None]
         if missing:

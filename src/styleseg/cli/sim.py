@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if input_kind not in kinds:
             raise ConfigError(f"--input must be one of {', '.join(kinds)}, got {input_kind!r}")
         path = simulate_dataset(dataset, out, protocol, dose_fraction, kernel, seed, kinds[input_kind])
-        Console().print(f"re-imaged dataset written to [bold]{path}[/]", highlight=False)
+        Console().print(f"re-imaged dataset written to [bold]{esc(path)}[/]", highlight=False)
 
     @app.command("make-benchmark")
     @handle_errors
@@ -60,5 +60,5 @@ def register(app: typer.Typer) -> None:
 
         t0 = time.perf_counter()
         src, tgt = make_benchmark(out, preset, seed)
-        Console().print(f"source: [bold]{src}[/]\ntarget: [bold]{tgt}[/] ({time.perf_counter() - t0:.0f} s)",
+        Console().print(f"source: [bold]{esc(src)}[/]\ntarget: [bold]{esc(tgt)}[/] ({time.perf_counter() - t0:.0f} s)",
                         highlight=False)

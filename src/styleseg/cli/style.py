@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from styleseg.cli import handle_errors
+from styleseg.cli import esc, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             return
         folders = train_generators(source, styles, out, cfg, resume=resume)
         for f in folders:
-            con.print(f"[green]generator[/] {f}")
+            con.print(f"[green]generator[/] {esc(f)}", highlight=False)
 
     @app.command("augment")
     @handle_errors
@@ -73,4 +73,4 @@ def register(app: typer.Typer) -> None:
 
         gens: list[Path] | Path = generators[0] if len(generators) == 1 else list(generators)
         path = augment(source, gens, out, seed=seed, device=device)
-        Console().print(f"[green]augmented dataset[/] {path} ({len(Dataset(path))} cases)")
+        Console().print(f"[green]augmented dataset[/] {esc(path)} ({len(Dataset(path))} cases)", highlight=False)

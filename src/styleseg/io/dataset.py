@@ -21,7 +21,6 @@ it into place only when every case was written, so a failed import leaves nothin
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,25 +30,20 @@ import numpy as np
 
 from styleseg import __version__
 from styleseg.errors import InputError
-from styleseg.io.atomic import atomic_dir, write_json
+from styleseg.io.atomic import atomic_dir, clean_stale, write_json
+from styleseg.io.dataset_json import (
+    LABEL_DIRS,
+    check_case_id,
+    inside_root,
+    parse_dataset_json,
+    safe_case_id,
+)
 from styleseg.io.volume import Volume, check_same_grid, read_nifti, write_nifti
 from styleseg.labels import LabelSchema
 
 DATASET_JSON = "dataset.json"
 FILE_ENDING = ".nii.gz"
 FORMAT_VERSION = 1
-LABEL_DIRS = ("labelsTr", "labelsRef")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_case_id(text: str) -> str:
-    """A file-system-safe case identifier (letters, digits, '.', '_', '-')."""
-    s = _SAFE.sub("_", text.strip()).strip("._")
-    if not s:
-        raise ValueError(f"cannot make a case id from {text!r}")
-    return s
-
-
 @dataclass
 class CaseRecord:
     """One case of a dataset: its id, which labels it has, and its extras."""
@@ -99,25 +93,27 @@ class Dataset:
             raise InputError(js, "no dataset.json: this folder is not a styleseg/nnU-Net dataset",
                              "create it with `styleseg import` or `styleseg make-benchmark`")
         try:
-            self.json: dict[str, Any] = json.loads(js.read_text())
-        except json.JSONDecodeError as e:
+            self.json: dict[str, Any] = json.loads(js.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(js, f"invalid JSON ({e})", "repair or re-create the dataset") from e
-        for key in ("labels", "file_ending"):
-            if key not in self.json:
-                raise InputError(js, f"missing required key {key!r}")
-        self.file_ending: str = self.json["file_ending"]
-        self.schema = LabelSchema.from_labels_dict(self.json["labels"])
-        ext = self.json.get("styleseg", {})
-        self.meta: dict[str, Any] = dict(ext.get("meta", {}))
-        cases = ext.get("cases")
+        except OSError as e:
+            raise InputError(js, f"cannot read: {e.strerror or e}", "check the file and its permissions") from e
+        self.file_ending: str
+        self.schema: LabelSchema
+        self.file_ending, self.schema, self.meta, cases = parse_dataset_json(self.json, js)
         if cases is None:  # a plain nnU-Net dataset: discover cases from the files
             cases = {}
             for p in sorted((self.root / "imagesTr").glob(f"*_0000{self.file_ending}")):
                 cid = p.name[: -len(f"_0000{self.file_ending}")]
+                check_case_id(cid, p)
                 lab = "labelsTr" if (self.root / "labelsTr" / f"{cid}{self.file_ending}").exists() else None
                 cases[cid] = {"labels": lab, "annotated": list(self.schema.names) if lab else []}
         self.cases: list[CaseRecord] = [CaseRecord.from_json(k, v) for k, v in cases.items()]
         self._by_id = {c.case_id: c for c in self.cases}
+        for c in self.cases:  # ids and folders are safe by now; this guards the layout itself
+            for path in (self.image_path(c.case_id), self.label_path(c.case_id)):
+                if path is not None and not inside_root(self.root, path):
+                    raise InputError(js, f"case {c.case_id!r}: {path} is outside the dataset folder")
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -131,25 +127,43 @@ class Dataset:
 
     def case(self, case_id: str) -> CaseRecord:
         if case_id not in self._by_id:
-            raise KeyError(f"case {case_id!r} is not in dataset {self.root}")
+            raise InputError(self.root / DATASET_JSON, f"case {case_id!r} is not in this dataset",
+                             "check the case id (`styleseg info` lists them)")
         return self._by_id[case_id]
 
     def image_path(self, case_id: str) -> Path:
-        return self.root / "imagesTr" / f"{case_id}_0000{self.file_ending}"
+        return self.root / "imagesTr" / f"{check_case_id(case_id, self.root / DATASET_JSON)}_0000{self.file_ending}"
 
     def label_path(self, case_id: str) -> Path | None:
         rec = self.case(case_id)
         return None if rec.labels is None else self.root / rec.labels / f"{case_id}{self.file_ending}"
 
+    def existing_label(self, case_id: str) -> Path | None:
+        """The label path of a case (None if unannotated), checked to exist."""
+        p = self.label_path(case_id)
+        if p is not None and not p.exists():
+            raise InputError(p, f"case {case_id!r} is listed in dataset.json with labels in "
+                             f"{self.case(case_id).labels}, but its label file is missing",
+                             "restore the file, or re-create the dataset")
+        return p
+
     def load_image(self, case_id: str) -> Volume:
-        return read_nifti(self.image_path(case_id))
+        return read_nifti(self.existing_image(case_id), require_3d=True)
+
+    def existing_image(self, case_id: str) -> Path:
+        """The image path of a case, checked to exist (dataset.json may list a file that is gone)."""
+        p = self.image_path(case_id)
+        if not p.exists():
+            raise InputError(p, f"case {case_id!r} is listed in dataset.json but its image is missing",
+                             "restore the file, or re-create the dataset")
+        return p
 
     def load_label(self, case_id: str, image: Volume | None = None) -> Volume | None:
         """The label volume of a case (None if unannotated); checked against ``image``'s grid if given."""
-        p = self.label_path(case_id)
+        p = self.existing_label(case_id)
         if p is None:
             return None
-        lab = read_nifti(p)
+        lab = read_nifti(p, require_3d=True)
         lab.array = lab.array.astype(np.uint8, copy=False)
         self.schema.check_label_values(lab.array, str(p))
         if image is not None:
@@ -183,6 +197,7 @@ class DatasetWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> DatasetWriter:
+        clean_stale(self.out)  # an interrupted earlier write of this dataset
         if self.out.exists() and not self.overwrite:
             raise InputError(self.out, "output already exists", "choose another --out or remove it first")
         self._ctx = atomic_dir(self.out, overwrite=self.overwrite)
@@ -191,14 +206,17 @@ class DatasetWriter:
         return self
 
     def __exit__(self, et, ev, tb) -> bool:
-        assert self._ctx is not None
+        assert self._ctx is not None and self.tmp is not None
         if et is None:
-            if not self.records:
-                err = InputError(None, "no case was written, so no dataset was created",
-                                 "check the inputs (is the folder empty?)")
-                self._ctx.__exit__(type(err), err, None)
-                raise err
-            write_json(self.tmp / DATASET_JSON, self.dataset_json())
+            try:
+                if not self.records:
+                    raise InputError(None, "no case was written, so no dataset was created",
+                                     "check the inputs (is the folder empty?)")
+                write_json(self.tmp / DATASET_JSON, self.dataset_json())
+            except BaseException as e:  # the temporary folder goes, and errors name the final paths
+                if not self._ctx.__exit__(type(e), e, e.__traceback__):
+                    raise
+                return True
         return bool(self._ctx.__exit__(et, ev, tb))
 
     def add_case(self, case_id: str, image: Volume, label: Volume | None = None,
@@ -208,7 +226,8 @@ class DatasetWriter:
         assert self.tmp is not None, "use DatasetWriter as a context manager"
         cid = safe_case_id(case_id)
         if cid in self.records:
-            raise ValueError(f"duplicate case id {cid!r}")
+            raise InputError(None, f"two cases get the case id {cid!r} (the second from {case_id!r})",
+                             "rename one of them")
         if label_role not in LABEL_DIRS:
             raise ValueError(f"label_role must be one of {LABEL_DIRS}")
         img_arr = image.array
@@ -261,19 +280,23 @@ def subset_dataset(src: str | Path, cases: Sequence[str], out: str | Path, name:
 
     ds = Dataset(src)
     out = Path(out)
+    if label_role is not None and label_role not in LABEL_DIRS:
+        raise InputError(None, f"label_role {label_role!r} is not one of {', '.join(LABEL_DIRS)}")
+    recs_in = [ds.case(cid) for cid in cases]  # every id known (and so safe) before anything is written
+    clean_stale(out)
     if out.exists() and not overwrite:
         raise InputError(out, "output already exists", "choose another output or remove it first")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "imagesTr").mkdir()
         recs: dict[str, Any] = {}
-        for cid in cases:
-            rec = ds.case(cid)
-            shutil.copy2(ds.image_path(cid), tmp / "imagesTr" / ds.image_path(cid).name)
+        for rec in recs_in:
+            cid = rec.case_id
+            shutil.copy2(ds.existing_image(cid), tmp / "imagesTr" / ds.image_path(cid).name)
             role = rec.labels
             if rec.labels is not None:
                 role = label_role or rec.labels
                 (tmp / role).mkdir(exist_ok=True)
-                shutil.copy2(ds.label_path(cid), tmp / role / f"{cid}{ds.file_ending}")  # type: ignore[arg-type]
+                shutil.copy2(ds.existing_label(cid), tmp / role / f"{cid}{ds.file_ending}")  # type: ignore[arg-type]
             recs[cid] = CaseRecord(cid, role, rec.annotated, rec.derived, dict(rec.extras)).to_json()
         js = dict(ds.json)
         js["name"] = name or f"{ds.name}-subset"

@@ -4,8 +4,9 @@ Discovery reads headers only (``pydicom.dcmread(stop_before_pixels=True)``), so 
 thousands of files is indexed in seconds; pixels are read per series when the series is imported.
 
 What counts as bad input (DICOM PS3.3 C.7.6.2 image plane, C.11.1 modality LUT):
-- a file with the ``DICM`` magic that cannot be parsed, or whose pixel data is shorter than
-  ``Rows x Columns x BitsAllocated/8`` (truncated) -> :class:`InputError` naming the file;
+- a file with the ``DICM`` magic that cannot be parsed, a CT image without a PixelData element, or
+  one whose pixel data is shorter than ``Rows x Columns x BitsAllocated/8`` (truncated) ->
+  :class:`InputError` naming the file;
 - a file named ``*.dcm``/``*.dicom``/``*.ima`` that is not DICOM -> :class:`InputError` (it claims to
   be DICOM); any other non-DICOM file (README, DICOMDIR-less notes, .DS_Store, JSON) is ignored
   quietly and listed in :attr:`DicomScan.ignored`;
@@ -44,6 +45,7 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 PADDING_HU = -1024
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010), little and big endian
 
 # Why :func:`discover_series` leaves a series out (``SkippedSeries.reason``). A localizer (scout,
 # topogram, surview) is a projection radiograph, not a slice; a non-axial or oblique series is not what
@@ -184,6 +186,12 @@ def _check_ct_header(h: DicomHeader, pixel_at: int) -> None:
     if missing and not h.is_localizer:  # a scout may lack slice tags: discovery leaves it out anyway
         raise InputError(h.path, f"CT image lacks required tags {missing}",
                          "re-export the series with full headers, or use --skip-bad")
+    with open(h.path, "rb") as f:  # pydicom stopped at the pixel data element, or at the end: which?
+        f.seek(pixel_at)
+        tag = f.read(4)
+    if tag not in _PIXEL_DATA_TAGS:
+        raise InputError(h.path, "CT image has no PixelData element (a header-only file)",
+                         "re-export the series with its pixel data, or use --skip-bad")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if ts in _UNCOMPRESSED:
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(ds.get("SamplesPerPixel", 1))
@@ -336,6 +344,13 @@ def read_ct_series(headers: Sequence[DicomHeader]) -> Volume:
     for k, h in enumerate(headers):
         try:
             ds = pydicom.dcmread(h.path)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(h.path, f"cannot read DICOM file ({type(e).__name__}: {e})",
+                             "re-export or re-download this file, or use --skip-bad") from e
+        if "PixelData" not in ds:
+            raise InputError(h.path, "CT image has no PixelData element (a header-only file)",
+                             "re-export the series with its pixel data, or use --skip-bad")
+        try:
             raw = ds.pixel_array
         except Exception as e:  # noqa: BLE001
             raise InputError(h.path, f"cannot read pixel data ({type(e).__name__}: {e}); the file is truncated "

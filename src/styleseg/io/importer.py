@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from styleseg.errors import InputError
-from styleseg.io.dataset import DatasetWriter
+from styleseg.io.dataset import DatasetWriter, safe_case_id
 from styleseg.io.dicom import SKIP_NOT_CT, DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
+from styleseg.io.integrity import check_hounsfield
 from styleseg.io.rtstruct import MaskSet, rasterise_rtstruct, read_seg, rtstruct_references, seg_references
 from styleseg.io.series import CTSeries, discover_series
 from styleseg.io.volume import Volume, check_same_grid, is_nifti, read_nifti
@@ -100,7 +101,7 @@ def load_structure_map(path: str | Path | None) -> dict[str, str] | None:
     table = data.get("structures", data)
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise InputError(path, "expected a [structures] table of ROI name = structure name strings",
-                         'write e.g.\n[structures]\n"LUNG_TOTAL_L" = "lung_left"')
+                         'write a [structures] table with lines like "LUNG_TOTAL_L" = "lung_left"')
     return {str(k): v for k, v in table.items()}
 
 
@@ -224,10 +225,15 @@ def _finish_label(case_id: str, image: Volume, label: np.ndarray, annotated: lis
 
 
 def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, structure_map: Mapping[str, str] | None,
-                      derive_body: bool, report: ImportReport) -> None:
+                      derive_body: bool, report: ImportReport, allow_unusual_hu: bool = False) -> None:
     import pydicom
 
     image = read_ct_series(c.ct)
+    if not allow_unusual_hu:
+        ds0 = c.ct[0].ds
+        check_hounsfield(image.array, image.spacing[:2], c.ct[0].path.parent,
+                         f"series has RescaleSlope {ds0.get('RescaleSlope', '(none)')}, RescaleIntercept "
+                         f"{ds0.get('RescaleIntercept', '(none)')}: is the rescale missing or wrong?")
     masks = MaskSet()
     for h in c.structs:
         if h.kind == "rtstruct":
@@ -266,14 +272,17 @@ def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, stru
 
 
 def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
-                      derive_body: bool, report: ImportReport) -> None:
-    image = read_nifti(c.image)
+                      derive_body: bool, report: ImportReport, allow_unusual_hu: bool = False) -> None:
+    image = read_nifti(c.image, require_3d=True)
+    if not allow_unusual_hu:
+        check_hounsfield(image.array, image.spacing[:2], c.image,
+                         "values may be stored values without RescaleSlope/RescaleIntercept applied")
     label_vol = None
     annotated: list[str] = []
     derived: list[str] = []
     extras: dict[str, Any] = {"source": "nifti", "source_files": [str(c.image)] + ([str(c.label)] if c.label else [])}
     if c.label is not None:
-        lab = read_nifti(c.label)
+        lab = read_nifti(c.label, require_3d=True)
         check_same_grid(image, lab, c.label)
         arr = np.asarray(lab.array)
         if remap:
@@ -303,13 +312,15 @@ def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, rema
 def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSchema | None = None,
                    structure_map: Mapping[str, str] | None = None, skip_bad: bool = False, derive_body: bool = True,
                    name: str | None = None, cases_json: str | Path | None = None,
-                   overwrite: bool = False) -> ImportReport:
+                   overwrite: bool = False, allow_unusual_hu: bool = False) -> ImportReport:
     """Import DICOM folder trees (CT + RTSTRUCT/SEG) and NIfTI pairs into a dataset folder at ``out``.
 
     ``sources``: folders or files; a ``(image, label)`` tuple is an explicit NIfTI pair (label may be
     None). ``structure_map``: raw ROI name -> schema structure (MAP.toml ``[structures]``).
     ``cases_json``: per-case annotated structures for NIfTI cases (default: a ``cases.json`` beside
     the NIfTI files if present). Raises InputError naming the file for bad input unless ``skip_bad``.
+    ``allow_unusual_hu``: accept CT that does not look like Hounsfield units (see
+    :func:`styleseg.io.integrity.check_hounsfield`; by default such a case is bad input).
     """
     schema = schema or LabelSchema.default()
     out = Path(out)
@@ -371,25 +382,36 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
                          f"({len(report.ignored)} non-DICOM files ignored, {len(report.skipped)} bad or left out"
                          + "".join(f"; {p}: {r}" for p, r in report.skipped[:3]) + ")",
                          "point SOURCE at DICOM CT folders or NIfTI images (X_ct.nii.gz [+ X_labels.nii.gz])")
-    ids = [c.case_id for c in kept] + [c.case_id for c in pairs]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise InputError(None, f"duplicate case ids {dup} across the sources", "import them into separate datasets")
+    _check_case_ids(kept, pairs)
 
     meta = {"sources": [str(p) for p in paths] + [str(c.image) for c in pairs if c.image not in claimed],
             "importer": "styleseg import"}
     with DatasetWriter(out, name or out.name, schema, meta=meta, overwrite=overwrite) as w:
         for c in kept:
-            _guard(lambda c=c: _write_dicom_case(w, c, schema, structure_map, derive_body, report),
+            _guard(lambda c=c: _write_dicom_case(w, c, schema, structure_map, derive_body, report, allow_unusual_hu),
                    c.ct[0].path.parent, skip_bad, report)
         for c in pairs:
-            _guard(lambda c=c: _write_nifti_case(w, c, schema, remap, derive_body, report), c.image, skip_bad, report)
+            _guard(lambda c=c: _write_nifti_case(w, c, schema, remap, derive_body, report, allow_unusual_hu),
+                   c.image, skip_bad, report)
         if not w.records:
             raise InputError(None, "every case was bad; nothing was imported: "
                              + "; ".join(f"{p}: {r}" for p, r in report.skipped), "fix the inputs listed")
         w.meta["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
     log.info("imported %d cases into %s (%d skipped)", len(report.cases), out, len(report.skipped))
     return report
+
+
+def _check_case_ids(dicom: Sequence[_DicomCase], nifti: Sequence[_NiftiCase]) -> None:
+    """Every case gets its own id: two sources whose names become one id ("a b", "a_b") are bad input."""
+    owner: dict[str, tuple[str, Path]] = {}
+    for raw, where in [(c.case_id, c.ct[0].path.parent) for c in dicom] + [(c.case_id, c.image) for c in nifti]:
+        cid = safe_case_id(raw)
+        if cid in owner:
+            first, first_at = owner[cid]
+            same = f"both named {raw!r}" if first == raw else f"named {first!r} and {raw!r}"
+            raise InputError(where, f"two cases, {same}, both become case id {cid!r} (the other is {first_at})",
+                             "rename one of them, or import them into separate datasets")
+        owner[cid] = (raw, where)
 
 
 def _guard(fn: Any, where: Path, skip_bad: bool, report: ImportReport) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from styleseg.errors import InputError
 from styleseg.io.atomic import atomic_path
+from styleseg.io.integrity import check_nifti_file, check_nifti_written
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -112,8 +113,13 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti(path: str | Path) -> Volume:
-    """Read a NIfTI file into a Volume (LPS geometry). Errors name the file and the problem."""
+def read_nifti(path: str | Path, require_3d: bool = False) -> Volume:
+    """Read a NIfTI file into a Volume (LPS geometry). Errors name the file and the problem.
+
+    The file is checked to be complete (a truncated file would read with zero-filled slices) and a float
+    image to hold no NaN/Inf. ``require_3d``: refuse a 2D image where a CT volume is expected (a 3D image
+    with one slice is fine).
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -122,26 +128,42 @@ def read_nifti(path: str | Path) -> Volume:
     if not is_nifti(path):
         raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
     try:
+        check_nifti_file(path)
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise InputError(path, f"cannot read NIfTI: {str(e).strip().splitlines()[-1]}",
                          "the file may be truncated or corrupt; re-export it") from e
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}", "check the file and its permissions") from e
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "expected a scalar CT or label volume")
     if img.GetDimension() not in (2, 3):
         raise InputError(path, f"has {img.GetDimension()} dimensions; expected 2 or 3")
+    if require_3d and img.GetDimension() == 2:
+        raise InputError(path, f"is a 2D image ({'x'.join(map(str, img.GetSize()))}); a CT volume or its label "
+                         "must be 3D", "stack the slices into one 3D NIfTI, or import the DICOM series")
     return Volume.from_sitk(img, tags={"source": str(path)})
 
 
 def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | type | None = None) -> Path:
-    """Write a Volume as NIfTI, atomically (temporary name, then rename)."""
+    """Write a Volume as NIfTI, atomically (temporary name, then rename).
+
+    The written file is checked before the rename: on a full disk the NIfTI writer reports the error only
+    on stderr and leaves a cut-off file, which must not appear as the output.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     v = vol if dtype is None else vol.with_array(vol.array.astype(dtype))
     with atomic_path(path) as tmp:
-        sitk.WriteImage(v.to_sitk(), str(tmp), useCompression=str(path).endswith(".gz"))
+        try:
+            sitk.WriteImage(v.to_sitk(), str(tmp), useCompression=str(path).endswith(".gz"))
+        except RuntimeError as e:
+            raise InputError(path, f"cannot write NIfTI: {str(e).strip().splitlines()[-1]}",
+                             "check that the output folder is writable and has free space, or choose another "
+                             "--out") from e
+        check_nifti_written(tmp, path)
     return path
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,10 +88,31 @@ def _geometry(h: int, w: int, views: int) -> Geometry:
     return Geometry(h, w, views)
 
 
-def _threads() -> int:
-    import os
+#: FINUFFT prints "using opts.nthreads=N, more than the M physically cores available" on stderr for every
+#: plan (every slice) when N exceeds its count of physical cores, which hyper-threads and cgroup limits make
+#: common; the thread count is chosen on purpose (:func:`_threads`), so its warnings are off. The only other
+#: warning it has (round-off for more than ~1/eps modes per axis) cannot occur at CT image sizes.
+_FINUFFT_OPTS = {"showwarn": 0}
 
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8))
+
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count if torch is in use in this process (never imported for it)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def _threads() -> int:
+    """Threads for FINUFFT and scipy.fft: the CPUs this process may use (at most 8), and no more than
+    OMP_NUM_THREADS or torch's thread setting ask for (FINUFFT would otherwise take every CPU however
+    the user limited the process)."""
+    n = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    t = _torch_threads()
+    if t is not None and t > 0:
+        n = min(n, t)
+    return max(1, n)
 
 
 def project_fourier(mu: np.ndarray, geom: Geometry) -> np.ndarray:
@@ -101,7 +124,7 @@ def project_fourier(mu: np.ndarray, geom: Geometry) -> np.ndarray:
     x, y = geom.points
     # FINUFFT modeord=0 puts mode 0 at index N//2: the image centre is pixel (h//2, w//2)
     c = np.ascontiguousarray(mu, dtype=np.complex64)
-    out = finufft.nufft2d2(x, y, c, isign=-1, eps=NUFFT_EPS, nthreads=_threads())
+    out = finufft.nufft2d2(x, y, c, isign=-1, eps=NUFFT_EPS, nthreads=_threads(), **_FINUFFT_OPTS)
     return out.reshape(b, geom.views, geom.omega.size)
 
 
@@ -133,7 +156,8 @@ def backproject_fourier(q: np.ndarray, geom: Geometry) -> np.ndarray:
     x, y = geom.points
     c = q * (geom.half_weights * (np.pi / (geom.views * geom.n_pad))).astype(np.float32)
     c = np.ascontiguousarray(c.reshape(b, -1), dtype=np.complex64)
-    img = finufft.nufft2d1(x, y, c, n_modes=(geom.h, geom.w), isign=1, eps=NUFFT_EPS, nthreads=_threads())
+    img = finufft.nufft2d1(x, y, c, n_modes=(geom.h, geom.w), isign=1, eps=NUFFT_EPS, nthreads=_threads(),
+                           **_FINUFFT_OPTS)
     return img.real.reshape(b, geom.h, geom.w)
 
 
