@@ -38,7 +38,7 @@ def test_case_id_traversal_refused_by_info(tmp_path):
 
 def test_segment_inputs_refuse_traversal_case_id(tmp_path):
     """`segment DATASET` names its outputs by case id: a traversal id must stop it before any write."""
-    from styleseg.seg.predict import discover_inputs
+    from styleseg.seg.segment import discover_inputs
 
     root = write_dataset(tmp_path / "ds", {"../../../X": {"labels": None, "annotated": []}})
     with pytest.raises(InputError, match="unsafe case id"):

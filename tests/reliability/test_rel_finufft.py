@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from styleseg.sim import scanner
+from styleseg.sim import projector, scanner
 
 
 def test_threads_follow_omp_num_threads(monkeypatch):
-    monkeypatch.setattr(scanner.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(projector.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert scanner._threads() == 1
+    assert projector._threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.setattr(scanner, "_torch_threads", lambda: None)
-    assert scanner._threads() == 3
+    monkeypatch.setattr(projector, "_torch_threads", lambda: None)
+    assert projector._threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
-    assert scanner._threads() == 8  # ignored: the affinity mask (capped at 8) decides
+    assert projector._threads() == 8  # ignored: the affinity mask (capped at 8) decides
 
 
 def test_threads_follow_torch(monkeypatch):
     import torch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(scanner.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(projector.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert scanner._threads() == 2
+        assert projector._threads() == 2
     finally:
         torch.set_num_threads(old)
 
@@ -44,9 +44,9 @@ def test_reimage_passes_the_thread_count_and_warns_nothing(monkeypatch, capfd):
 
         monkeypatch.setattr(finufft, name, spy)
     # more threads than physical cores is what made FINUFFT warn on every plan
-    monkeypatch.setattr(scanner.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(projector.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "64")
-    monkeypatch.setattr(scanner, "_torch_threads", lambda: None)
+    monkeypatch.setattr(projector, "_torch_threads", lambda: None)
     img = np.full((48, 48), -1000.0)
     img[12:36, 12:36] = 40.0
     capfd.readouterr()

@@ -80,6 +80,11 @@ class GeneratorSpec:
     body_value: int = -1
     source_skip: bool = False
     source_sigma: float = 1.0  # px: Gaussian low-pass of the source that passes through (its own noise removed)
+    # the bone segment grows from pixels >= bone_hu into connected ones >= bone_low_hu (0: no growing), and with
+    # bone_source its inside is the source's (low-passed) bone at the style's mean, with the style's noise;
+    # generator folders written before either existed have neither
+    bone_low_hu: float = 0.0
+    bone_source: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
@@ -88,6 +93,8 @@ class GeneratorSpec:
             raise ValueError("source_skip needs image_input=True and the residual output")
         if self.source_sigma < 0:
             raise ValueError("source_sigma must be >= 0")
+        if self.bone_source and self.bone_hu <= 0:
+            raise ValueError("bone_source needs a bone segment (bone_hu > 0)")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
             raise ValueError("noise_kernel must be a positive odd number")
 
@@ -118,14 +125,18 @@ BONE_SMOOTH_PX = 1.5
 BONE_MIN_PIXELS = 8
 
 
-def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu: float, bone_value: int) -> np.ndarray:
+def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu: float, bone_value: int,
+                     low_hu: float = 0.0) -> np.ndarray:
     """Label maps (..., H, W) with bone carved out of the body class as ``bone_value`` (beyond the paper).
 
     Label maps say nothing about bone, so a generator fed only them cannot draw ribs, sternum or vertebrae,
     and a U-Net trained on its slices meets a spinal cord with no vertebra around it. Bone is derived from
-    the slice itself, as the body is: body pixels whose HU, Gaussian-smoothed at 1.5 px (so low-dose noise
-    does not make speckles), is >= ``bone_hu``, in connected groups of >= 8 pixels. Derived per 2D slice;
-    the returned label maps are for the generator only (datasets keep the schema's labels)."""
+    the slice itself, as the body is, on the slice Gaussian-smoothed at 1.5 px (so low-dose noise does not make
+    speckles): body pixels >= ``bone_hu`` (cortex), grown into the body pixels >= ``low_hu`` connected to them
+    (hysteresis; ``low_hu`` 0: no growing), in connected groups of >= 8 pixels. The growing is what keeps the
+    cancellous bone of a vertebral body (150-300 HU) in the bone segment: above the cortex threshold alone it
+    is body, and a generated slice draws the vertebral body at the body's mean, a dark hole with a bright rim.
+    Derived per 2D slice; the returned label maps are for the generator only (datasets keep the schema's)."""
     from scipy import ndimage as ndi
 
     label = np.asarray(label)
@@ -138,7 +149,12 @@ def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu
         body = flat_l[i] == body_value
         if not body.any():
             continue
-        bone = body & (ndi.gaussian_filter(flat_h[i], BONE_SMOOTH_PX) >= bone_hu)
+        smooth = ndi.gaussian_filter(flat_h[i], BONE_SMOOTH_PX)
+        bone = body & (smooth >= bone_hu)
+        if low_hu > 0 and bone.any():
+            grown, _ = ndi.label(body & (smooth >= low_hu))
+            seeds = np.unique(grown[bone])
+            bone |= np.isin(grown, seeds[seeds > 0])
         comp, n = ndi.label(bone)
         if n:
             sizes = np.bincount(comp.ravel())
@@ -291,19 +307,34 @@ class StyleGenerator(nn.Module):
             z = z + self.prior[style[:, None, None], label.long()][:, None]
             hu = self.centre + self.half * torch.tanh(z)
             return hu[:, :, :h, :w]
+        return self._residual_output(z, label, style, noise, source_hu, h, w)
+
+    def _residual_output(self, z: torch.Tensor, label: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+                         source_hu: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
+        """HU of the residual formulation (see the module docstring) from the network's output ``z``."""
         sl = (style[:, None, None], label.long())
-        r = self.spec.content_scale * z.float() + self.noise_amp[sl][:, None] * self.colour_noise(noise.float(), style)
-        r, lab_c = r[:, :, :h, :w], label[:, :h, :w].long()
+        texture = (self.noise_amp[sl][:, None] * self.colour_noise(noise.float(), style))[:, :, :h, :w]
+        r, lab_c = self.spec.content_scale * z.float()[:, :, :h, :w], label[:, :h, :w].long()
+        bone = None
+        if self.spec.bone_source:  # inside bone: the source's structure and the style's noise, no network content
+            bone = (lab_c == self.spec.num_classes - 1)[:, None]
+            r = torch.where(bone, torch.zeros_like(r), r)
+        r = r + texture
         m = F.one_hot(lab_c, self.spec.num_classes).permute(0, 3, 1, 2).to(r.dtype)  # (B, K, h, w)
         seg_mean = (r * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)  # (B, K)
         r = r - torch.gather(seg_mean, 1, lab_c.flatten(1)).reshape(r.shape)
         hu = self.prior_hu[style[:, None, None], lab_c][:, None] + r
-        if self.spec.source_skip:  # the source's anatomy within each segment, moved to the style's segment means
-            assert source_hu is not None  # make_input has checked
+        if self.spec.source_skip or bone is not None:
+            if source_hu is None:
+                raise ValueError("this generator passes the source slice's bone through (bone_source): pass the "
+                                 "source slice too")
+            # the source's anatomy within a segment (every segment with source_skip, else bone only), moved to
+            # the style's segment means
             src = gaussian_blur(source_hu.float().clamp(self.spec.hu_min, self.spec.hu_max),
                                 self.spec.source_sigma)[:, :, :h, :w]
             src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
-            hu = hu + src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
+            detail = src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
+            hu = hu + (detail if self.spec.source_skip else torch.where(bone, detail, torch.zeros_like(detail)))
         return hu.clamp(self.spec.hu_min, self.spec.hu_max)
 
 
