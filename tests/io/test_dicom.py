@@ -9,7 +9,8 @@ import pytest
 from io_builders import write_ct_series
 
 from styleseg.errors import InputError
-from styleseg.io.dicom import read_ct_series, read_header, scan_dicom, scanner_tags
+from styleseg.io.dicom import read_ct_series, read_header, scan_dicom
+from styleseg.io.dicom_tags import scanner_tags
 
 
 def test_series_sorted_rescaled_and_placed(tiny_ct):

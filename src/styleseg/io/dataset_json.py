@@ -82,17 +82,8 @@ def inside_root(root: Path, p: Path) -> bool:
     return os.path.commonpath([r, q]) == r
 
 
-def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str, Any], dict[str, Any] | None]:
-    """Check dataset.json's structure and every case entry; (file_ending, schema, meta, cases or None).
-
-    dataset.json is input like any other: a case id or label folder read from it becomes a path, so
-    each must be safe before anything is read or written.
-    """
-    def bad(problem: str) -> InputError:
-        return InputError(js, problem, _REPAIR)
-
-    if not isinstance(data, dict):
-        raise bad(f"must hold a JSON object, not {_json_kind(data)}")
+def _parse_labels(data: dict[str, Any], bad: Any) -> tuple[str, LabelSchema]:
+    """file_ending and the label schema of a dataset.json object."""
     for key in ("labels", "file_ending"):
         if key not in data:
             raise bad(f"missing required key {key!r}")
@@ -108,9 +99,44 @@ def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str,
             extra = " (region-based labels are not supported)" if isinstance(v, list) else ""
             raise bad(f"'labels': the value of {k!r} is {v!r}, not an integer{extra}")
     try:
-        schema = LabelSchema.from_labels_dict(labels)
+        return fe, LabelSchema.from_labels_dict(labels)
     except ValueError as e:
         raise bad(f"'labels': {e}") from e
+
+
+def _check_case_entry(cid: Any, entry: Any, schema: LabelSchema, js: Path, bad: Any) -> None:
+    """One entry of styleseg.cases: a safe id, a known label folder, lists of the schema's structure names."""
+    problem = case_id_problem(cid)
+    if problem is not None:
+        raise InputError(js, problem, _REPAIR)
+    if not isinstance(entry, dict):
+        raise bad(f"case {cid!r}: the entry must be an object, not {_json_kind(entry)}")
+    role = entry.get("labels")
+    if role is not None and (not isinstance(role, str) or role not in LABEL_DIRS):
+        raise bad(f"case {cid!r}: labels folder {role!r} is not one of {', '.join(LABEL_DIRS)} (or null)")
+    for key in ("annotated", "derived"):
+        names = entry.get(key, [])
+        if not isinstance(names, list):
+            raise bad(f"case {cid!r}: {key!r} must be a list of structure names, not {_json_kind(names)}")
+        for n in names:
+            if not isinstance(n, str):
+                raise bad(f"case {cid!r}: {key!r} holds {n!r}, not a structure name")
+            if n not in schema.names:
+                raise bad(f"case {cid!r}: {key!r} names {n!r}, which is not in 'labels' ({', '.join(schema.names)})")
+
+
+def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str, Any], dict[str, Any] | None]:
+    """Check dataset.json's structure and every case entry; (file_ending, schema, meta, cases or None).
+
+    dataset.json is input like any other: a case id or label folder read from it becomes a path, so
+    each must be safe before anything is read or written.
+    """
+    def bad(problem: str) -> InputError:
+        return InputError(js, problem, _REPAIR)
+
+    if not isinstance(data, dict):
+        raise bad(f"must hold a JSON object, not {_json_kind(data)}")
+    fe, schema = _parse_labels(data, bad)
     ext = data.get("styleseg", {})
     if not isinstance(ext, dict):
         raise bad(f"'styleseg' must be an object, not {_json_kind(ext)}")
@@ -123,22 +149,5 @@ def parse_dataset_json(data: Any, js: Path) -> tuple[str, LabelSchema, dict[str,
     if not isinstance(cases, dict):
         raise bad(f"'cases' (in 'styleseg') must map case ids to objects, not {_json_kind(cases)}")
     for cid, entry in cases.items():
-        problem = case_id_problem(cid)
-        if problem is not None:
-            raise InputError(js, problem, _REPAIR)
-        if not isinstance(entry, dict):
-            raise bad(f"case {cid!r}: the entry must be an object, not {_json_kind(entry)}")
-        role = entry.get("labels")
-        if role is not None and (not isinstance(role, str) or role not in LABEL_DIRS):
-            raise bad(f"case {cid!r}: labels folder {role!r} is not one of {', '.join(LABEL_DIRS)} (or null)")
-        for key in ("annotated", "derived"):
-            names = entry.get(key, [])
-            if not isinstance(names, list):
-                raise bad(f"case {cid!r}: {key!r} must be a list of structure names, not {_json_kind(names)}")
-            for n in names:
-                if not isinstance(n, str):
-                    raise bad(f"case {cid!r}: {key!r} holds {n!r}, not a structure name")
-                if n not in schema.names:
-                    raise bad(f"case {cid!r}: {key!r} names {n!r}, which is not in 'labels' "
-                              f"({', '.join(schema.names)})")
+        _check_case_entry(cid, entry, schema, js, bad)
     return fe, schema, dict(meta), cases

@@ -14,7 +14,7 @@ Case extras in dataset.json: ``source_files`` (DICOM: the CT slice files in slic
 :func:`styleseg.io.rtstruct.write_seg` takes), ``series`` (DICOM: Study/Series/FrameOfReference UIDs,
 SeriesNumber, SeriesDescription, ``n_slices`` and the ordered ``sop_instance_uids``),
 ``structure_files`` (RTSTRUCT/SEG files used), ``source`` ("dicom" | "nifti"), ``scanner`` (DICOM tags,
-see :func:`styleseg.io.dicom.scanner_tags`), ``rois`` (raw ROI name -> structure or null), ``notes``.
+see :func:`styleseg.io.dicom_tags.scanner_tags`), ``rois`` (raw ROI name -> structure or null), ``notes``.
 ``annotated`` lists the structures found (contoured / labelled); when the schema has ``body`` and a
 labelled case has no body contour, body is derived from the image (:func:`styleseg.labels.add_body`)
 and listed in both ``derived`` and ``annotated``. Unlabelled cases get no label file (no derived body):
@@ -23,7 +23,6 @@ they are target data.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,16 +35,13 @@ from styleseg.errors import InputError
 from styleseg.io.dataset import DatasetWriter, safe_case_id
 from styleseg.io.dicom import SKIP_NOT_CT, DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
 from styleseg.io.integrity import check_hounsfield
+from styleseg.io.nifti_pairs import NiftiCase, apply_cases_json, find_nifti, strip_nii
 from styleseg.io.rtstruct import MaskSet, rasterise_rtstruct, read_seg, rtstruct_references, seg_references
 from styleseg.io.series import CTSeries, discover_series
-from styleseg.io.volume import Volume, check_same_grid, is_nifti, read_nifti
+from styleseg.io.volume import Volume, check_same_grid, read_nifti
 from styleseg.labels import LabelSchema, add_body
 
 log = logging.getLogger("styleseg.io.importer")
-
-#: (image suffix, label suffix) naming conventions for NIfTI pairs, tried in order.
-NIFTI_PAIRS = (("_ct", "_labels"), ("_ct", "_label"), ("_image", "_label"), ("_img", "_seg"), ("_0000", ""))
-LABEL_SUFFIXES = ("_labels", "_label", "_seg", "_mask")
 
 Source = Path | str | tuple[Path | str, Path | str | None]
 
@@ -79,18 +75,6 @@ class _DicomCase:
     series: CTSeries | None = None
 
 
-@dataclass
-class _NiftiCase:
-    case_id: str
-    image: Path
-    label: Path | None
-    annotated: list[str] | None = None
-
-
-def _strip_nii(name: str) -> str:
-    return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
-
-
 def load_structure_map(path: str | Path | None) -> dict[str, str] | None:
     """Read MAP.toml: a ``[structures]`` table of raw ROI name = schema structure name."""
     if path is None:
@@ -103,58 +87,6 @@ def load_structure_map(path: str | Path | None) -> dict[str, str] | None:
         raise InputError(path, "expected a [structures] table of ROI name = structure name strings",
                          'write a [structures] table with lines like "LUNG_TOTAL_L" = "lung_left"')
     return {str(k): v for k, v in table.items()}
-
-
-def load_cases_json(path: str | Path) -> tuple[dict[str, list[str]], dict[str, int] | None]:
-    """Per-case annotated structures (and the file's label values) from a cases.json.
-
-    Accepts ``{"labels": {...}, "cases": [{"id": ..., "annotated": [...]}, ...]}`` (../shared/data/nsclc)
-    or ``{"cases": {"ID": {"annotated": [...]}}}``.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "cases JSON does not exist", "check the --cases-json path")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"invalid JSON ({e})") from e
-    cases = data.get("cases", {})
-    items = cases.items() if isinstance(cases, dict) else ((c.get("id"), c) for c in cases)
-    out = {str(cid): list(c.get("annotated", [])) for cid, c in items if cid is not None}
-    labels = data.get("labels")
-    return out, ({str(k): int(v) for k, v in labels.items()} if isinstance(labels, dict) else None)
-
-
-def _label_for(image: Path) -> tuple[str, Path | None]:
-    """Case id and label file of a NIfTI image, by the NIFTI_PAIRS naming conventions (None: unlabelled)."""
-    stem = _strip_nii(image.name)
-    for img_sfx, lab_sfx in NIFTI_PAIRS:
-        if img_sfx and stem.endswith(img_sfx):
-            base = stem[: -len(img_sfx)]
-            folder = image.parent.parent / "labelsTr" if lab_sfx == "" else image.parent
-            for ext in (".nii.gz", ".nii"):
-                if (folder / f"{base}{lab_sfx}{ext}").is_file():
-                    return base, folder / f"{base}{lab_sfx}{ext}"
-            return base, None
-    for sfx in LABEL_SUFFIXES:
-        for ext in (".nii.gz", ".nii"):
-            if (image.parent / f"{stem}{sfx}{ext}").is_file():
-                return stem, image.parent / f"{stem}{sfx}{ext}"
-    return stem, None
-
-
-def _find_nifti(files: Sequence[Path], pairs: list[_NiftiCase]) -> set[Path]:
-    """Append a case per NIfTI image (paired with its label by name); return the files used."""
-    claimed: set[Path] = set()
-    for f in files:
-        stem = _strip_nii(f.name)
-        if not is_nifti(f) or stem.endswith(LABEL_SUFFIXES) or f.parent.name in ("labelsTr", "labelsTs", "labelsRef"):
-            continue
-        cid, lab = _label_for(f)
-        pairs.append(_NiftiCase(cid, f, lab))
-        claimed.update({f} | ({lab} if lab else set()))
-    claimed.update(f for f in files if is_nifti(f))  # stray label files are not "ignored" noise either
-    return claimed
 
 
 def _match_struct(h: DicomHeader, series: Mapping[str, list[DicomHeader]], kept: set[str]) -> str | None:
@@ -271,7 +203,7 @@ def _write_dicom_case(w: DatasetWriter, c: _DicomCase, schema: LabelSchema, stru
                                      len(extras["source_files"]) + len(c.structs)))
 
 
-def _write_nifti_case(w: DatasetWriter, c: _NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
+def _write_nifti_case(w: DatasetWriter, c: NiftiCase, schema: LabelSchema, remap: dict[int, int] | None,
                       derive_body: bool, report: ImportReport, allow_unusual_hu: bool = False) -> None:
     image = read_nifti(c.image, require_3d=True)
     if not allow_unusual_hu:
@@ -327,55 +259,16 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
     report = ImportReport(out)
     if not sources:
         raise InputError(None, "no SOURCE given", "pass DICOM folders or NIfTI files")
-    paths: list[Path] = []
-    pairs: list[_NiftiCase] = []
-    for s in sources:
-        if isinstance(s, tuple):
-            img, lab = Path(s[0]), (Path(s[1]) if s[1] is not None else None)
-            for p in (img, lab):
-                if p is not None and not p.exists():
-                    raise InputError(p, "does not exist", "check the path")
-            pairs.append(_NiftiCase(_strip_nii(img.name).removesuffix("_ct"), img, lab))
-            continue
-        p = Path(s)
-        if not p.exists():
-            raise InputError(p, "does not exist", "check the path")
-        if p.is_dir() and not any(f.is_file() for f in p.rglob("*")):
-            raise InputError(p, "folder is empty (no files below it)", "point SOURCE at the folder holding the data")
-        paths.append(p)
+    paths, pairs = _split_sources(sources)
     files = iter_files(paths)
-    claimed = _find_nifti(files, pairs)
+    claimed = find_nifti(files, pairs)
     scan = scan_dicom(paths, skip_bad=skip_bad)
     report.skipped.extend((str(f), why) for f, why in scan.bad)
     report.ignored.extend(str(f) for f in scan.ignored if f not in claimed and not f.name.endswith((".json", ".toml")))
 
-    # per-case annotated lists for NIfTI cases
-    remap: dict[int, int] | None = None
-    jsons = [Path(cases_json)] if cases_json else sorted({c.image.parent / "cases.json" for c in pairs
-                                                        if (c.image.parent / "cases.json").exists()})
-    for jp in jsons:
-        ann, labels = load_cases_json(jp)
-        if labels:
-            missing = sorted(set(labels) - set(schema.names))
-            if missing:
-                raise InputError(jp, f"label names {missing} are not in the label schema ({', '.join(schema.names)})")
-            remap = {v: schema.value(k) for k, v in labels.items()}
-        for c in pairs:
-            if c.case_id in ann and c.label is not None:
-                c.annotated = ann[c.case_id]
+    remap = apply_cases_json(pairs, cases_json, schema)
 
-    dicom_cases = _dicom_cases(scan, report, skip_bad)
-    # a series beside a bad file is skipped as a whole: the bad file may be one of its slices (its header
-    # may be unreadable), and a gap would silently distort the volume
-    bad_dirs = {Path(f).parent for f, _ in scan.bad}
-    kept: list[_DicomCase] = []
-    for c in dicom_cases:
-        if bad_dirs & {h.path.parent for h in c.ct}:
-            report.skipped.append((str(c.ct[0].path.parent), f"CT series of case {c.case_id} is in a folder with a "
-                                   "bad file (possibly one of its slices)"))
-            report.skipped.extend((str(h.path), f"its CT series (case {c.case_id}) was skipped") for h in c.structs)
-        else:
-            kept.append(c)
+    kept = _clean_series(_dicom_cases(scan, report, skip_bad), scan, report)
     if not kept and not pairs:
         where = paths[0] if len(paths) == 1 else None
         raise InputError(where, f"no CT series or NIfTI image found in {', '.join(map(str, paths))} "
@@ -401,7 +294,43 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
     return report
 
 
-def _check_case_ids(dicom: Sequence[_DicomCase], nifti: Sequence[_NiftiCase]) -> None:
+def _split_sources(sources: Sequence[Source]) -> tuple[list[Path], list[NiftiCase]]:
+    """Folders and files to scan, and the explicit (image, label) NIfTI pairs; a missing path is bad input."""
+    paths: list[Path] = []
+    pairs: list[NiftiCase] = []
+    for s in sources:
+        if isinstance(s, tuple):
+            img, lab = Path(s[0]), (Path(s[1]) if s[1] is not None else None)
+            for p in (img, lab):
+                if p is not None and not p.exists():
+                    raise InputError(p, "does not exist", "check the path")
+            pairs.append(NiftiCase(strip_nii(img.name).removesuffix("_ct"), img, lab))
+            continue
+        p = Path(s)
+        if not p.exists():
+            raise InputError(p, "does not exist", "check the path")
+        if p.is_dir() and not any(f.is_file() for f in p.rglob("*")):
+            raise InputError(p, "folder is empty (no files below it)", "point SOURCE at the folder holding the data")
+        paths.append(p)
+    return paths, pairs
+
+
+def _clean_series(cases: Sequence[_DicomCase], scan: DicomScan, report: ImportReport) -> list[_DicomCase]:
+    """The DICOM cases to import: a series beside a bad file is skipped as a whole (the bad file may be one of
+    its slices, its header unreadable, and a gap would silently distort the volume)."""
+    bad_dirs = {Path(f).parent for f, _ in scan.bad}
+    kept: list[_DicomCase] = []
+    for c in cases:
+        if bad_dirs & {h.path.parent for h in c.ct}:
+            report.skipped.append((str(c.ct[0].path.parent), f"CT series of case {c.case_id} is in a folder with a "
+                                   "bad file (possibly one of its slices)"))
+            report.skipped.extend((str(h.path), f"its CT series (case {c.case_id}) was skipped") for h in c.structs)
+        else:
+            kept.append(c)
+    return kept
+
+
+def _check_case_ids(dicom: Sequence[_DicomCase], nifti: Sequence[NiftiCase]) -> None:
     """Every case gets its own id: two sources whose names become one id ("a b", "a_b") are bad input."""
     owner: dict[str, tuple[str, Path]] = {}
     for raw, where in [(c.case_id, c.ct[0].path.parent) for c in dicom] + [(c.case_id, c.image) for c in nifti]:
