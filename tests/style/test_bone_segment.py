@@ -34,7 +34,12 @@ def test_bone_is_carved_from_body_only_and_noise_makes_no_speckles():
         add_bone_segment(lab, hu[:10], 6, 300.0, 7)
 
 
-def test_generator_draws_the_style_bone_where_the_source_has_bone(tmp_path):
+def test_generator_keeps_the_source_bone_with_the_style_noise(tmp_path):
+    """Bone density is the patient's, not the scanner's: inside the derived bone segment the generated slice is
+    the source's bone (low-passed by 0.5 px), level and structure, plus the style's noise; the rest of the body
+    gets the style's intensities."""
+    from scipy import ndimage as ndi
+
     rng = np.random.default_rng(1)
     s_lab, s_hu = _slice(rng, 700.0, 20.0)  # style: bone at 700 HU
     o_lab, o_hu = _slice(rng, 450.0, 5.0)  # source: its own bone at 450 HU
@@ -44,8 +49,17 @@ def test_generator_draws_the_style_bone_where_the_source_has_bone(tmp_path):
                                LabelSchema.default(), progress=False)
     model, meta = load_generator(folder)
     assert model.spec.bone_hu == 300.0 and model.spec.num_classes == LabelSchema.default().num_classes + 1
+    assert model.spec.bone_low_hu == 150.0 and model.spec.bone_source
     gen = generate_volume(model, o_lab[None], o_hu[None], 0, seed=0)[0].astype(float)
-    assert abs(gen[50:54, 30:34].mean() - s_hu[48:56, 28:36].mean()) < 40  # the style's bone, not body
+    o_bone = add_bone_segment(o_lab, o_hu, 6, 300.0, 7, 150.0) == 7
+    lp = ndi.gaussian_filter(o_hu, 0.5)
+    assert abs(gen[o_bone].mean() - lp[o_bone].mean()) < 5  # the source's bone level (noise averages out)
+    core, rim = np.zeros_like(o_bone), o_bone.copy()
+    core[50:54, 30:34] = True
+    rim[48:56, 28:36] = False
+    want = lp[core].mean() - lp[rim].mean()  # ... and structure: its core above the rim the segment grew into
+    assert rim.any() and abs((gen[core].mean() - gen[rim].mean()) - want) < 0.2 * want
+    assert 15 < (gen[o_bone] - lp[o_bone]).std() < 60  # with the style's noise (20 HU white, as its soft tissue)
     assert abs(gen[8:16, 8:16].mean() - 30.0) < 20
     with pytest.raises(ValueError, match="source image"):
         generate_volume(model, o_lab[None], None, 0, seed=0)
@@ -53,5 +67,6 @@ def test_generator_draws_the_style_bone_where_the_source_has_bone(tmp_path):
     (folder,) = fit_generators(o_hu[None].astype(np.int16), o_lab[None], [s_hu], [s_lab], rec, tmp_path / "g0", off,
                                LabelSchema.default(), progress=False)
     model, _ = load_generator(folder)
+    assert not model.spec.bone_source
     gen = generate_volume(model, o_lab[None], None, 0, seed=0)[0].astype(float)
     assert gen[50:54, 30:34].mean() < 150  # without the bone segment the vertebra is body

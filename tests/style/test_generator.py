@@ -133,10 +133,15 @@ def test_conditional_generator_and_augment(tiny_source, tiny_styles, tmp_path):
     model, meta = load_generator(folders[0])
     assert model.spec.n_styles == 2 and [s["index"] for s in meta["styles"]] == [0, 1]
     # the two styles differ for the same label map and noise (per-style norms and intensity prior)
-    lab = torch.from_numpy(np.asarray(Dataset(tiny_source).load_label("S000").array[:1], np.int64))
+    from styleseg.style.generator import add_bone_segment
+
+    src = Dataset(tiny_source)
+    hu = np.asarray(src.load_image("S000").array[:1], np.float32)
+    lab = add_bone_segment(src.load_label("S000").array[:1], hu, 6, 300.0, 7, 150.0)
+    lab, hu = torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(hu)[:, None]
     noise = torch.randn(1, 1, *lab.shape[1:])
     with torch.no_grad():
-        a, b = model(lab, torch.tensor([0]), noise), model(lab, torch.tensor([1]), noise)
+        a, b = model(lab, torch.tensor([0]), noise, hu), model(lab, torch.tensor([1]), noise, hu)
     assert (a - b).abs().mean() > 1.0
 
     aug = augment(tiny_source, tmp_path / "c", tmp_path / "aug", seed=0, progress=False)

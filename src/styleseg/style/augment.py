@@ -52,14 +52,15 @@ def generate_volume(model, label: np.ndarray, image: np.ndarray | None, style: i
 
         if image is None:
             raise ValueError("this generator derives a bone segment from the source image: pass the image too")
-        label = add_bone_segment(label, image, model.spec.body_value, model.spec.bone_hu, model.spec.num_classes - 1)
+        label = add_bone_segment(label, image, model.spec.body_value, model.spec.bone_hu, model.spec.num_classes - 1,
+                                 model.spec.bone_low_hu)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for z0 in range(0, label.shape[0], batch):
             lab = torch.from_numpy(np.asarray(label[z0:z0 + batch], np.int64)).to(device)
             noise = torch.randn(lab.shape[0], 1, *lab.shape[1:], generator=g).to(device)
             src = None
-            if model.spec.image_input:
+            if model.spec.image_input or model.spec.bone_source:
                 src = torch.from_numpy(np.asarray(image[z0:z0 + batch], np.float32))[:, None].to(device)
             st = torch.full((lab.shape[0],), style, dtype=torch.long, device=device)
             hu = model(lab, st, noise, src)[:, 0].float().cpu().numpy()

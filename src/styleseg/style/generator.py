@@ -81,7 +81,7 @@ class GeneratorSpec:
     source_skip: bool = False
     source_sigma: float = 1.0  # px: Gaussian low-pass of the source that passes through (its own noise removed)
     # the bone segment grows from pixels >= bone_hu into connected ones >= bone_low_hu (0: no growing), and with
-    # bone_source its inside is the source's (low-passed) bone at the style's mean, with the style's noise;
+    # bone_source it is the source's (low-passed) bone, its level and structure, with the style's noise;
     # generator folders written before either existed have neither
     bone_low_hu: float = 0.0
     bone_source: bool = False
@@ -122,7 +122,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 BONE_SMOOTH_PX = 1.5
+BONE_SEED_SMOOTH_PX = 0.7
 BONE_MIN_PIXELS = 8
+#: px: low-pass of the source's bone that passes through (bone_source): it removes the source's own noise
+#: but keeps a thin cortex above 300 HU (at 1 px, a quarter of a real slice's > 300 HU pixels fall below)
+BONE_SOURCE_SIGMA_PX = 0.5
 
 
 def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu: float, bone_value: int,
@@ -132,8 +136,9 @@ def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu
     Label maps say nothing about bone, so a generator fed only them cannot draw ribs, sternum or vertebrae,
     and a U-Net trained on its slices meets a spinal cord with no vertebra around it. Bone is derived from
     the slice itself, as the body is, on the slice Gaussian-smoothed at 1.5 px (so low-dose noise does not make
-    speckles): body pixels >= ``bone_hu`` (cortex), grown into the body pixels >= ``low_hu`` connected to them
-    (hysteresis; ``low_hu`` 0: no growing), in connected groups of >= 8 pixels. The growing is what keeps the
+    speckles): body pixels >= ``bone_hu``; with ``low_hu`` > 0 (hysteresis) instead the body pixels >= ``low_hu``
+    connected to a seed >= ``bone_hu`` at 0.7 px of smoothing (so the thin cortex of a rib seeds its bone), in
+    connected groups of >= 8 pixels. The growing is what keeps the
     cancellous bone of a vertebral body (150-300 HU) in the bone segment: above the cortex threshold alone it
     is body, and a generated slice draws the vertebral body at the body's mean, a dark hole with a bright rim.
     Derived per 2D slice; the returned label maps are for the generator only (datasets keep the schema's)."""
@@ -151,10 +156,11 @@ def add_bone_segment(label: np.ndarray, hu: np.ndarray, body_value: int, bone_hu
             continue
         smooth = ndi.gaussian_filter(flat_h[i], BONE_SMOOTH_PX)
         bone = body & (smooth >= bone_hu)
-        if low_hu > 0 and bone.any():
-            grown, _ = ndi.label(body & (smooth >= low_hu))
-            seeds = np.unique(grown[bone])
-            bone |= np.isin(grown, seeds[seeds > 0])
+        if low_hu > 0:  # seeds at less smoothing, so thin cortex (ribs) seeds its bone too
+            seeds = body & (ndi.gaussian_filter(flat_h[i], BONE_SEED_SMOOTH_PX) >= bone_hu)
+            grown, _ = ndi.label(body & ((smooth >= low_hu) | seeds))
+            ids = np.unique(grown[seeds])
+            bone = np.isin(grown, ids[ids > 0])
         comp, n = ndi.label(bone)
         if n:
             sizes = np.bincount(comp.ravel())
@@ -330,11 +336,13 @@ class StyleGenerator(nn.Module):
                                  "source slice too")
             # the source's anatomy within a segment (every segment with source_skip, else bone only), moved to
             # the style's segment means
-            src = gaussian_blur(source_hu.float().clamp(self.spec.hu_min, self.spec.hu_max),
-                                self.spec.source_sigma)[:, :, :h, :w]
-            src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
-            detail = src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
-            hu = hu + (detail if self.spec.source_skip else torch.where(bone, detail, torch.zeros_like(detail)))
+            clamped = source_hu.float().clamp(self.spec.hu_min, self.spec.hu_max)
+            if self.spec.source_skip:
+                src = gaussian_blur(clamped, self.spec.source_sigma)[:, :, :h, :w]
+                src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
+                hu = hu + src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
+            if bone is not None:  # bone density is the patient's, not the scanner's: the source's level too
+                hu = torch.where(bone, gaussian_blur(clamped, BONE_SOURCE_SIGMA_PX)[:, :, :h, :w] + r, hu)
         return hu.clamp(self.spec.hu_min, self.spec.hu_max)
 
 

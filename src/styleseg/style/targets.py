@@ -82,14 +82,17 @@ def _hp_noise_std(hu: np.ndarray, mask: np.ndarray) -> float:
 
 
 def texture_init(hu: np.ndarray, label: np.ndarray, num_classes: int, kernel: int = 11,
-                 mode: str = "nps") -> tuple[np.ndarray, np.ndarray]:
+                 mode: str = "nps", uniform: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Initial noise colouring filter (k, k; unit energy) and per-segment amplitudes (K,; HU) of a style slice.
 
     ``mode="nps"``: |H(f)| = sqrt(NPS(f)) from the soft-tissue NPS of the slice (:func:`styleseg.texture.
     slice_nps`, per pixel), zero phase, cropped to k x k and normalised; the soft-tissue amplitude is the
     NPS's noise std. Other segments scale it by their robust high-pass noise relative to soft tissue
     (clipped to [0.3, 3]). ``mode="white"``, or a slice without a usable soft-tissue ROI: a delta filter
-    (white noise) with the robust high-pass estimate as amplitude."""
+    (white noise) with the robust high-pass estimate as amplitude. Segments in ``uniform`` get the soft-tissue
+    amplitude: CT noise is set by the photons of the whole projection, nearly the same across a slice, and the
+    high-pass of a thin structure (bone whose inside the generator takes from the source) measures its
+    trabeculae and edges more than its noise."""
     from styleseg.texture import resample_radial, slice_nps
 
     hu = np.asarray(hu, np.float64)
@@ -117,6 +120,8 @@ def texture_init(hu: np.ndarray, label: np.ndarray, num_classes: int, kernel: in
             log.info("no soft-tissue NPS in the style slice; white-noise initialisation")
     amps = np.full(num_classes, soft, np.float32)
     for k in range(num_classes):
+        if k in uniform:
+            continue
         e = _hp_noise_std(hu, label == k)
         if np.isfinite(e):
             amps[k] = soft * float(np.clip(e / ref, 0.3, 3.0))

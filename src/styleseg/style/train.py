@@ -65,6 +65,10 @@ class GeneratorArch:
     source_skip: bool = new_option(False)
     source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
     bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
+    # the bone segment also takes the body pixels >= bone_low_hu connected to it (cancellous bone), and with
+    # bone_source its inside is the source's bone (low-passed, at the style's mean) with the style's noise
+    bone_low_hu: float = 150.0
+    bone_source: bool = True
     conditional: bool = False
 
     def __post_init__(self) -> None:
@@ -77,8 +81,11 @@ class GeneratorArch:
             raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
             raise ConfigError("[generators].noise_kernel must be a positive odd number")
-        if self.base < 1 or self.n_res < 0 or self.source_sigma < 0 or self.bone_hu < 0:
-            raise ConfigError("[generators]: base >= 1, n_res >= 0, source_sigma >= 0 and bone_hu >= 0 are required")
+        if self.base < 1 or self.n_res < 0 or self.source_sigma < 0 or self.bone_hu < 0 or self.bone_low_hu < 0:
+            raise ConfigError("[generators]: base >= 1, n_res >= 0, and source_sigma, bone_hu, bone_low_hu >= 0 are "
+                              "required")
+        if self.bone_low_hu > self.bone_hu > 0:
+            raise ConfigError(f"[generators].bone_low_hu ({self.bone_low_hu}) must not exceed bone_hu ({self.bone_hu})")
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,8 @@ def _build(job: _Job, cfg: GeneratorConfig, num_classes: int, schema) -> StyleGe
     spec = GeneratorSpec(num_classes=num_classes, base=a.base, n_res=a.n_res, n_styles=n_styles,
                          conditional=a.conditional, image_input=a.image_input, output=a.output,
                          noise_kernel=a.noise_kernel, bone_hu=a.bone_hu if body >= 0 else 0.0,
-                         body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma)
+                         body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma,
+                         bone_low_hu=a.bone_low_hu if body >= 0 else 0.0, bone_source=a.bone_source and body >= 0)
     seed_everything(cfg.optim.seed)
     model = StyleGenerator(spec)
     model.init_prior(job.means.cpu(), job.targets.present.cpu())
@@ -307,7 +315,8 @@ class _Stepper:
             shift = torch.where(tsel.present, msel - (src * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
             content = src + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=o.bf16):
-            r = self.model(lab, style, noise, src if cfg.arch.image_input else None)
+            spec = self.model.spec
+            r = self.model(lab, style, noise, src if spec.image_input or spec.bone_source else None)
             fr = self.vgg(ct_to_vgg_input(r.float()))
             with torch.no_grad():
                 fo = self.vgg(ct_to_vgg_input(content))
@@ -385,7 +394,7 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     torch.set_num_threads(max(1, torch.get_num_threads()))
     num_classes = schema.num_classes
     if a.bone_hu > 0 and "body" in schema.names:  # generator segments = schema + derived bone (last class)
-        bone = (schema.value("body"), a.bone_hu, num_classes)
+        bone = (schema.value("body"), a.bone_hu, num_classes, a.bone_low_hu)
         src = Source(src.images, add_bone_segment(src.labels, src.images, *bone))
         style_labels = [add_bone_segment(lab, h, *bone) for h, lab in zip(style_hu, style_labels, strict=True)]
         num_classes += 1
@@ -393,7 +402,8 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     vgg = VGG19Features(cfg.vgg_weights or None, layers=layers).to(device)
     targets, means = compute_targets(vgg, style_hu, style_labels, num_classes, cfg.loss.style_layers, device)
     steps = max(1, int(round(o.epochs * len(src.images) / o.batch))) if o.epochs > 0 else o.steps
-    tex = [texture_init(h, lab, num_classes, a.noise_kernel, a.noise_init)
+    uniform = (num_classes - 1,) if a.bone_source and num_classes > schema.num_classes else ()
+    tex = [texture_init(h, lab, num_classes, a.noise_kernel, a.noise_init, uniform)
            for h, lab in zip(style_hu, style_labels, strict=True)]
     filters = torch.from_numpy(np.stack([t[0] for t in tex]))
     amps = torch.from_numpy(np.stack([t[1] for t in tex]))
