@@ -43,7 +43,7 @@ def test_streaming_equals_in_memory_and_keeps_grid(tmp_path, toy_model):
 def test_bad_inputs_are_reported_and_skipped(tmp_path, toy_model):
     good = write_nifti(_ct(), tmp_path / "in" / "a_good.nii.gz")
     sag = write_nifti(_ct(direction=(0, 0, 1, 1, 0, 0, 0, 1, 0)), tmp_path / "in" / "b_sagittal.nii.gz")
-    coarse = write_nifti(_ct(spacing=3.0), tmp_path / "in" / "c_coarse.nii.gz")
+    coarse = write_nifti(_ct(spacing=5.0), tmp_path / "in" / "c_coarse.nii.gz")  # > 4x off: refused
     empty = tmp_path / "in" / "d_empty.nii.gz"
     empty.write_bytes(b"")
     trunc = tmp_path / "in" / "e_trunc.nii.gz"
@@ -54,7 +54,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, toy_model):
     assert rep.done == ["a_good"]
     assert set(rep.failed) == {"b_sagittal", "c_coarse", "d_empty", "e_trunc"}
     assert "not axial" in rep.failed["b_sagittal"]
-    assert "3.00x off" in rep.failed["c_coarse"] and "--force-spacing" in rep.failed["c_coarse"]
+    assert "5.00x off" in rep.failed["c_coarse"] and "--force-spacing" in rep.failed["c_coarse"]
     assert "truncated" in rep.failed["e_trunc"]
     assert sorted(x.name for x in out.iterdir()) == ["a_good.nii.gz", "segment_report.json"]  # nothing half-written
     rep2 = segment([coarse], toy_model, tmp_path / "out2", force_spacing=True)

@@ -228,7 +228,10 @@ class _ThresholdPredictor:
         self.model_folder = Path(model_folder)
         self.value = 9 if self.model_folder.name == "bad" else value
 
-    def predict_array(self, hu: np.ndarray) -> np.ndarray:
+    def check_geometry(self, spacing, direction, path=None) -> tuple[bool, bool]:
+        return False, False
+
+    def predict_array(self, hu: np.ndarray, spacing=None) -> np.ndarray:
         _ThresholdPredictor.calls.append(tuple(hu.shape))
         body = np.stack([ndi.binary_fill_holes(h > -400) for h in hu])
         return np.where(body & (hu < -500), self.value, np.where(body, 6, 0)).astype(np.uint8)

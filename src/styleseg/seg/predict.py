@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from styleseg.errors import ConfigError, InputError
 from styleseg.seg.inputs import (
@@ -29,6 +28,14 @@ from styleseg.seg.inputs import (
     to_canonical,
     window_channels,
 )
+from styleseg.seg.resample import (
+    REFUSE_RATIO,
+    WARN_RATIO,
+    network_size,
+    resample_images,
+    resample_logits,
+    spacing_ratio,
+)
 from styleseg.seg.unet import pad_multiple, unpad
 
 log = logging.getLogger("styleseg.seg.predict")
@@ -38,11 +45,13 @@ log = logging.getLogger("styleseg.seg.predict")
 def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multiple: int,
                  device: torch.device | str = "cpu", batch_size: int = 8, dtype: str = "float32",
                  channels_last: bool = False, before: np.ndarray | None = None,
-                 after: np.ndarray | None = None) -> np.ndarray:
+                 after: np.ndarray | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid, encoded as ``spec`` says.
     A 2.5D model reads ``before``/``after``, the neighbouring slices outside ``hu``
     (:func:`~styleseg.seg.inputs.context_stack`); position channels are computed in each slice's body frame,
-    found on the (downsampled) slice as in training."""
+    found on the (downsampled) slice as in training. ``size``: the (H, W) the slices are resampled to for the
+    network (the model's training spacing, :mod:`styleseg.seg.resample`); the logits come back to the input
+    grid before the argmax."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     k = spec.context
@@ -51,6 +60,8 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
         xs = context_stack(hu, i, j, k, before, after) if k else hu[i:j, None]
         x = torch.from_numpy(np.ascontiguousarray(xs, np.float32)).to(device)
         h, w = x.shape[-2:]
+        if size is not None:
+            x = resample_images(x, size)
         x = downsample_hu(x, spec.downsample)
         frames = body_frame(x[:, k].cpu().numpy(), spec.position_smooth_px) if spec.position else None
         x, pads = pad_multiple(x, multiple, AIR_HU)
@@ -65,8 +76,8 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             logits = model(x)
         logits = unpad(logits.float(), pads)
-        if spec.downsample > 1:
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        if tuple(logits.shape[-2:]) != (h, w):
+            logits = resample_logits(logits, (h, w))
         out[i:j] = logits.argmax(1).to(torch.uint8).cpu().numpy()
     return out
 
@@ -78,12 +89,14 @@ class Predictor:
     faster with oneDNN). Whole-slice inference: the U-Net is fully convolutional, slices are padded
     with air to a multiple of 2**depth. A model folder whose training has not finished (``complete`` false
     in model.json: still running, or killed) is refused unless ``allow_incomplete`` asks for its last
-    best-epoch weights.
+    best-epoch weights. ``resample`` (default): slices more than
+    :data:`~styleseg.seg.resample.RESAMPLE_TOLERANCE` off the model's training spacing are resampled to it for
+    the network and their logits brought back (:mod:`styleseg.seg.resample`); False keeps the native grid.
     """
 
     def __init__(self, model_folder: str | Path, device: str = "auto", batch_size: int = 8,
                  dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, resample: bool = True):
         from styleseg.runs import choose_device, read_model_folder
         from styleseg.seg.unet import UNet, UNetSpec
 
@@ -115,23 +128,32 @@ class Predictor:
         self.force_spacing = force_spacing
         self.labels: dict[str, int] = dict(self.meta.get("labels", {}))
         self.train_spacing = self.meta.get("train_spacing_mm")
+        self.resample = resample
 
     @property
     def context(self) -> int:
         return self.inputs.context
 
+    def network_size(self, shape_hw: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, int] | None:
+        """The (H, W) slices of ``shape_hw`` at ``spacing`` (x, y mm) are resampled to for the network; None: native."""
+        if not self.resample or spacing is None:
+            return None
+        return network_size(shape_hw, spacing, self.train_spacing)
+
     def predict_array(self, hu: np.ndarray, before: np.ndarray | None = None,
-                      after: np.ndarray | None = None) -> np.ndarray:
+                      after: np.ndarray | None = None, spacing: Sequence[float] | None = None) -> np.ndarray:
         """HU slices (N, H, W) in canonical orientation, consecutive slices of one volume -> uint8 labels
         (N, H, W). A 2.5D model (``context`` > 0) also reads ``before``/``after``, the neighbouring slices
-        outside ``hu`` (none: ``hu`` starts/ends the volume)."""
+        outside ``hu`` (none: ``hu`` starts/ends the volume). ``spacing`` (x, y mm): the slices' pixel spacing,
+        for resampling to the training spacing (None: used as they are)."""
         hu = np.asarray(hu)
         if hu.ndim == 2:
             hu = hu[None]
         return infer_slices(self.model, hu, self.inputs, 2**self.spec.depth, self.device, self.batch_size,
-                            self.dtype, self.channels_last, before, after)
+                            self.dtype, self.channels_last, before, after, self.network_size(hu.shape[-2:], spacing))
 
-    def predict_chunks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def predict_chunks(self, chunks: Iterable[np.ndarray],
+                       spacing: Sequence[float] | None = None) -> Iterator[np.ndarray]:
         """Stream a volume: an iterable of consecutive HU chunks (n_i, H, W) -> yields their labels, chunk by
         chunk. A 2.5D model needs ``context`` slices after each chunk, so a chunk is answered once enough of
         the following ones have arrived; memory stays at a few chunks."""
@@ -140,7 +162,7 @@ class Predictor:
         k = self.context
         if not k:
             for c in chunks:
-                yield self.predict_array(c)
+                yield self.predict_array(c, spacing=spacing)
             return
         tail: np.ndarray | None = None  # the last k slices before the chunk being answered
         queue: deque[np.ndarray] = deque()
@@ -149,7 +171,7 @@ class Predictor:
             nonlocal tail
             cur = queue.popleft()
             after = np.concatenate(list(queue))[:k] if queue else None
-            lab = self.predict_array(cur, tail, after)
+            lab = self.predict_array(cur, tail, after, spacing)
             tail = np.concatenate([a for a in (tail, cur) if a is not None])[-k:]
             return lab
 
@@ -162,17 +184,19 @@ class Predictor:
 
     def check_geometry(self, spacing: Sequence[float], direction: Sequence[float], path: Any = None,
                        ) -> tuple[bool, bool]:
-        """Refuse non-axial input; warn for spacing > 1.25x off the training spacing and refuse > 2x
-        (unless ``force_spacing``). Returns the canonical flips."""
+        """Refuse non-axial input and check the pixel spacing against the training spacing; returns the
+        canonical flips. Resampling (the default): warn beyond ``WARN_RATIO`` (2x) off, refuse beyond
+        ``REFUSE_RATIO`` (4x: not a native-resolution CT; the texture is gone) unless ``force_spacing``. Without
+        resampling: warn beyond 1.25x, refuse beyond 2x unless ``force_spacing``."""
         flips = canonical_flips(direction, path)
         if self.train_spacing:
-            r = float(np.mean(spacing[:2])) / float(self.train_spacing)
-            ratio = max(r, 1 / r)
+            ratio = spacing_ratio(spacing, float(self.train_spacing))
             msg = (f"in-plane spacing {np.round(spacing[:2], 3).tolist()} mm is {ratio:.2f}x off the model's "
                    f"training spacing {self.train_spacing:.3f} mm")
-            if ratio > 2 and not self.force_spacing:
+            warn, refuse = (WARN_RATIO, REFUSE_RATIO) if self.resample else (1.25, 2.0)
+            if ratio > refuse and not self.force_spacing:
                 raise InputError(path, msg, "resample the input to the training spacing, or pass --force-spacing")
-            if ratio > 1.25:
+            if ratio > warn:
                 log.warning("%s: %s; accuracy may suffer", path, msg)
         return flips
 
@@ -180,5 +204,5 @@ class Predictor:
         """A HU Volume -> a uint8 label Volume on the same grid."""
         flips = self.check_geometry(vol.spacing, vol.direction, vol.tags.get("source"))
         hu = to_canonical(np.asarray(vol.array), flips)
-        lab = to_canonical(self.predict_array(hu), flips)
+        lab = to_canonical(self.predict_array(hu, spacing=vol.spacing[:2]), flips)
         return vol.with_array(lab)

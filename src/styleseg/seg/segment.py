@@ -136,7 +136,7 @@ def segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int =
     chunks = (to_canonical(read_ct_series(headers[z0:z0 + chunk_slices]).array, flips)
               for z0 in range(0, len(headers), chunk_slices))
     z0 = 0
-    for chunk_lab in pred.predict_chunks(chunks):
+    for chunk_lab in pred.predict_chunks(chunks, geom["spacing"][:2]):
         lab[z0:z0 + chunk_lab.shape[0]] = to_canonical(chunk_lab, flips)
         z0 += chunk_lab.shape[0]
     vol = Volume(lab, geom["spacing"], geom["origin"], geom["direction"])
@@ -158,5 +158,5 @@ def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slice
     reader = NiftiSliceReader(path)
     flips = pred.check_geometry(reader.spacing, reader.direction, path)
     canonical = (to_canonical(c, flips) for c in reader.chunks(chunk_slices))
-    labels = (to_canonical(lab, flips) for lab in pred.predict_chunks(canonical))
+    labels = (to_canonical(lab, flips) for lab in pred.predict_chunks(canonical, reader.spacing[:2]))
     return write_label_stream(reader, dest, labels)

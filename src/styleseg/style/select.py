@@ -172,17 +172,22 @@ def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None)
         todo.append(s)
     if not todo or labels_from is None:
         return
+    from styleseg.seg.inputs import to_canonical
     from styleseg.seg.predict import Predictor  # the segmentation area's batched predictor
 
     pred = Predictor(labels_from)
     src = f"model:{Path(labels_from).resolve()}"
-    for shape in sorted({s.hu.shape for s in todo}):
-        group = [s for s in todo if s.hu.shape == shape]
+    # one batch per grid (shape, pixel spacing, orientation): the predictor resamples to its training spacing
+    # and the slices are brought to canonical orientation, as for any other input
+    for key in sorted({(s.hu.shape, s.image.spacing[:2], s.image.direction) for s in todo}):
+        group = [s for s in todo if (s.hu.shape, s.image.spacing[:2], s.image.direction) == key]
+        flips = pred.check_geometry(key[1], key[2], ds.image_path(group[0].case_id))
+        hu = to_canonical(np.stack([s.hu for s in group]), flips)
         if getattr(pred, "context", 0):  # a 2.5D model reads neighbours: each style slice alone
-            labs = np.stack([pred.predict_array(s.hu[None])[0] for s in group])
+            labs = np.concatenate([pred.predict_array(h[None], spacing=key[1]) for h in hu])
         else:
-            labs = np.asarray(pred.predict_array(np.stack([s.hu for s in group])))
-        for s, lab in zip(group, labs, strict=True):
+            labs = np.asarray(pred.predict_array(hu, spacing=key[1]))
+        for s, lab in zip(group, to_canonical(labs, flips), strict=True):
             ds.schema.check_label_values(lab, f"prediction of {labels_from} for {s.case_id} slice {s.slice}")
             s.label = s.image.with_array(np.asarray(lab, np.uint8)[None])
             s.label_source = src
