@@ -18,13 +18,58 @@ def _console():
     return Console(width=max(120, shutil.get_terminal_size((120, 40)).columns))
 
 
-def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` (0-based i < n) as (i, n); None when not given."""
+    if text is None:
+        return None
+    from styleseg.errors import ConfigError
+
+    i, sep, n = text.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit() or not 0 <= int(i) < int(n):
+        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n (e.g. 0/8; Slurm: "
+                          "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(i), int(n)
+
+
+def _job_summary(con, summary: dict) -> None:
+    """What a job run did: paused for the human step, stopped before segmenting, one shard, or finished."""
+    import csv
+
+    from rich.table import Table
+
+    if summary.get("paused"):
+        con.print(f"[yellow bold]paused:[/] {esc(summary['paused'])}", highlight=False, soft_wrap=True)
+        return
+    model = summary.get("model", {})
+    con.print(f"segmenting model: [bold]{esc(model.get('arm'))}[/] ({esc(model.get('rule'))}): "
+              f"{esc(model.get('why', ''))}", highlight=False, soft_wrap=True)
+    if summary.get("stopped_before"):
+        con.print(f"stopped before {esc(summary['stopped_before'])} (--until); now run the shards "
+                  "(--shard i/n), then once without --shard", highlight=False)
+        return
+    if "shard" in summary:
+        for arm, rep in summary["shard"].items():
+            con.print(f"shard done, {esc(arm)}: {len(rep['done'])} segmented, {len(rep['skipped'])} done before, "
+                      f"{len(rep['failed'])} failed", highlight=False)
+        return
+    rows = list(csv.DictReader(open(summary["qc"])))
+    tab = Table(title=f"Quality control, worst first ({len(rows)} cases; all in {summary['qc']})")
+    for c in ("case", "score", "style", "flags"):
+        tab.add_column(c)
+    for r in rows[:15]:
+        tab.add_row(esc(r["case"]), r["score"], esc(r["style"]), esc(r["flags"]))
+    con.print(tab)
+
+
+def _execute(cfg, run_dir: Path, dry_run: bool, shard: tuple[int, int] | None = None,
+             until: str | None = None) -> None:
     import time
 
     from rich.table import Table
 
     from styleseg.config import dump_toml
-    from styleseg.pipeline import results_table, run_experiment
+    from styleseg.pipeline import results_table
+    from styleseg.pipeline.job import PAUSED_EXIT, run_pipeline
 
     con = _console()
     if dry_run:
@@ -38,9 +83,15 @@ def _execute(cfg, run_dir: Path, dry_run: bool) -> None:
 
     con.print(f"[bold]styleseg[/] {esc(cfg.name)}: run folder {esc(run_dir)} (preset {esc(cfg.preset)}, arms: "
               f"{esc(', '.join(cfg.arms))})", highlight=False)
-    summary = run_experiment(cfg, run_dir, on_event=on_event)
-    if summary["all_skipped"]:
+    summary = run_pipeline(cfg, run_dir, on_event=on_event, shard=shard, until=until)
+    if summary.get("all_skipped"):
         con.print("[green]Nothing to do:[/] every stage is up to date for this configuration.")
+    if summary.get("job"):
+        _job_summary(con, summary)
+        if summary.get("paused"):
+            raise typer.Exit(PAUSED_EXIT)
+        if "report" not in summary:
+            return
     rows = results_table(run_dir)
     if rows:
         structures = [k for k in rows[0] if k not in ("arm", "pixel_acc")]
@@ -82,15 +133,23 @@ def register(app: typer.Typer) -> None:
         experiment: Path = typer.Argument(..., help="EXPERIMENT.toml (see examples/)."),
         out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<toml name>)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and config, run nothing."),
+        shard: str = typer.Option(None, "--shard", help="Job path: segment part i of n of the collection (0-based "
+                                  "i/n) and stop; every earlier stage must be finished (--until segment)."),
+        until: str = typer.Option(None, "--until", help="Job path: 'segment' runs every stage before segmenting "
+                                  "the collection, then stops (the preparation step of a Slurm array)."),
     ) -> None:
         """Run every stage of an experiment; finished stages with the same config are skipped.
 
+        A target without labels takes the job path (docs/job.md): the whole collection is segmented, and the
+        run pauses (exit status 3) until the style slices' label maps are corrected.
+
         Example: styleseg run examples/phantom.toml --out runs/phantom
+        Example: styleseg run examples/unannotated.toml --out runs/unannotated
         """
         from styleseg.pipeline import load_experiment
 
         cfg = load_experiment(experiment)
-        _execute(cfg, out or Path("runs") / experiment.stem, dry_run)
+        _execute(cfg, out or Path("runs") / experiment.stem, dry_run, parse_shard(shard), until)
 
     @app.command("demo")
     @handle_errors

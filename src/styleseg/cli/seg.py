@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         continue_: bool = typer.Option(False, "--continue", help="Skip cases whose output exists."),
         part_id: int = typer.Option(0, "--part-id", help="This shard (0-based)."),
         num_parts: int = typer.Option(1, "--num-parts", help="Number of shards (cases by sorted index mod N)."),
+        shard: str = typer.Option(None, "--shard", help="i/n: the same as --part-id i --num-parts n."),
         dicom_seg: bool = typer.Option(False, "--dicom-seg",
                                        help="Also write OUT/<case>.dcm, a DICOM SEG (DICOM series inputs only)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
@@ -69,12 +70,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment CT volumes with a trained U-Net (streaming, resumable, shardable).
 
-        Example: styleseg segment data/target --model models/unet2 --out preds --continue --part-id 0 --num-parts 4
+        Example: styleseg segment data/target --model models/unet2 --out preds --continue --shard 0/4
         """
         from rich.console import Console
 
+        from styleseg.cli.pipeline import parse_shard
         from styleseg.seg.segment import segment
 
+        if shard is not None:
+            part_id, num_parts = parse_shard(shard)  # type: ignore[misc]
         rep = segment(inputs, model, out, continue_=continue_, part_id=part_id, num_parts=num_parts,
                       dicom_seg=dicom_seg, device=device, batch_size=batch_size,
                       dtype="bfloat16" if bf16 else "float32", channels_last=channels_last,

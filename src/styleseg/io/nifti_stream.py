@@ -56,6 +56,7 @@ class NiftiSliceReader:
                 direction = (direction[0], direction[1], 0.0, direction[2], direction[3], 0.0, 0.0, 0.0, 1.0)
             self.direction: tuple[float, ...] = tuple(direction)
             self.spacing: tuple[float, ...] = tuple(r.GetSpacing())
+            self.origin: tuple[float, ...] = tuple(r.GetOrigin())
         except RuntimeError as e:
             raise InputError(self.path, f"cannot read the image geometry: {str(e).strip().splitlines()[-1]}") from e
         self.dtype = self.header.get_data_dtype()

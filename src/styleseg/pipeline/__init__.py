@@ -1,10 +1,12 @@
-"""``styleseg run`` / ``styleseg demo``: the experiment schema, the arm table, and the stages in order."""
+"""``styleseg run`` / ``styleseg demo``: the experiment schema, the arm table, the stages in order (benchmark and
+job paths)."""
 
 from __future__ import annotations
 
 from styleseg.pipeline.arms import ARMS, Arm
 from styleseg.pipeline.config import ALL_ARMS, DataConfig, ExperimentConfig, demo_config, load_experiment
 from styleseg.pipeline.experiment import Experiment, results_table, run_experiment
+from styleseg.pipeline.job import Job, JobConfig, run_pipeline
 
 __all__ = ["ALL_ARMS", "ARMS", "Arm", "DataConfig", "Experiment", "ExperimentConfig", "demo_config",
-           "load_experiment", "results_table", "run_experiment"]
+           "Job", "JobConfig", "load_experiment", "results_table", "run_experiment", "run_pipeline"]

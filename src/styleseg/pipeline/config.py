@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from styleseg.config import check_preset, from_dict, load_toml, resolve, to_dict
+from styleseg.config import check_preset, from_dict, load_toml, new_option, resolve, to_dict
 from styleseg.errors import ConfigError
 from styleseg.eval.evaluate import EvaluateConfig
 from styleseg.pipeline.arms import ARMS
+from styleseg.pipeline.job_config import JobConfig
 from styleseg.seg.train import SegTrainConfig
 from styleseg.sim.benchmark import BenchmarkConfig
 from styleseg.style.select import SelectConfig
@@ -57,6 +58,9 @@ class DataConfig:
     #: unlabelled same-scan pairs (e.g. sharp and standard kernel reconstructions): each arm segments
     #: both and reports their agreement (Dice between the two predictions per structure)
     agreement_pairs: tuple[tuple[str, str], ...] = ()
+    #: reference labels for some target cases (a dataset folder, or DICOM/NIfTI to import; case ids of the
+    #: target): the job path evaluates the arms there and nowhere else (docs/job.md)
+    reference: str | None = new_option(None)
 
     def __post_init__(self) -> None:
         n_src = int(self.benchmark) + int(bool(self.source)) + int(self.source_dataset is not None)
@@ -97,6 +101,8 @@ class ExperimentConfig:
     generators: GeneratorConfig | None = None
     train_seg: SegTrainConfig | None = None
     evaluate: EvaluateConfig | None = None
+    #: the job path: segment an unannotated target collection (pipeline/job_config.py; None: the defaults)
+    job: JobConfig | None = new_option(None)
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
@@ -170,7 +176,7 @@ def _absolute(data: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(data.get("agreement_pairs"), list):
         data["agreement_pairs"] = [[fix(p) for p in pair] if isinstance(pair, list) else pair
                                    for pair in data["agreement_pairs"]]
-    for key in ("source_dataset", "target_dataset", "cases_json"):
+    for key in ("source_dataset", "target_dataset", "cases_json", "reference"):
         if isinstance(data.get(key), str):
             data[key] = fix(data[key])
     return data

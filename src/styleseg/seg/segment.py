@@ -1,19 +1,26 @@
 """``styleseg segment``: a collection of CT volumes -> one label volume per case on its own grid.
 
-Inputs are discovered (NIfTI files, DICOM series folders, dataset folders), sorted by case id and sharded
+Inputs are discovered (NIfTI files, DICOM folders, dataset folders), sorted by case id and sharded
 (``part_id`` of ``num_parts``); each case is streamed through the :class:`~styleseg.seg.predict.Predictor`
 a chunk of slices at a time and written atomically, so ``continue_`` can trust any output that exists.
-A bad case is logged and recorded in the report; the others still run.
+A bad case is logged and recorded in the report; the others still run. A progress bar with ETA counts cases.
+
+DICOM folders are indexed by :func:`styleseg.io.series.discover_series`: localizers, secondary captures and
+structure sets beside the slices are left out, a folder holding one CT series is one case named after the
+folder, a folder (tree) holding several is one case per series (the series' case ids). With ``dicom_seg`` a
+DICOM SEG referencing the source slices is written beside the NIfTI for DICOM inputs and for dataset cases
+imported from DICOM (their ``source_files`` extras), if those files are still there.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,30 +47,63 @@ class SegmentReport:
                 "slices": self.slices, "seconds": round(self.seconds, 2)}
 
 
-def discover_inputs(inputs: Sequence[Path]) -> list[tuple[str, Path, str]]:
-    """(case id, path, kind) for NIfTI files, DICOM series folders and dataset folders; kind is
-    "nifti" or "dicom". Sorted by case id; duplicate ids raise InputError."""
+class InputCase(NamedTuple):
+    """One case to segment: its id, where it is, ``kind`` "nifti" or "dicom", and for DICOM the slice files
+    in slice order (for a DICOM input what is read; for a dataset case imported from DICOM what a SEG refers to)."""
+
+    case_id: str
+    path: Path
+    kind: str
+    dicom_files: tuple[str, ...] = ()
+
+
+def _dicom_cases(folder: Path) -> list[InputCase]:
+    from styleseg.io.dicom import scan_dicom
+    from styleseg.io.series import discover_series
+
+    index = discover_series(scan_dicom([folder], skip_bad=True))
+    if not index.series:
+        why = "; ".join(s.describe() for s in index.skipped[:3])
+        raise InputError(folder, "holds no axial CT series to segment" + (f" ({why})" if why else ""),
+                         "pass a folder of CT slices (or a NIfTI file / dataset folder)")
+    if len(index.series) == 1:
+        return [InputCase(folder.name, folder, "dicom", tuple(index.series[0].files))]
+    return [InputCase(s.case_id, s.folder, "dicom", tuple(s.files)) for s in index.series]
+
+
+def _dataset_cases(root: Path) -> list[InputCase]:
+    from styleseg.io.dataset import Dataset
+
+    ds = Dataset(root)
+    out = []
+    for c in ds.cases:
+        files = c.extras.get("source_files") if c.extras.get("source") == "dicom" else None
+        out.append(InputCase(c.case_id, ds.image_path(c.case_id), "nifti",
+                             tuple(str(f) for f in files) if isinstance(files, list) else ()))
+    return out
+
+
+def discover_inputs(inputs: Sequence[Path]) -> list[InputCase]:
+    """The cases of NIfTI files, DICOM folders (one case per axial CT series, see the module docstring) and
+    dataset folders, sorted by case id; duplicate ids raise InputError."""
     from styleseg.io.volume import is_nifti
 
-    found: list[tuple[str, Path, str]] = []
+    found: list[InputCase] = []
     for p in map(Path, inputs):
         if not p.exists():
             raise InputError(p, "input does not exist", "check the path")
         if p.is_file() and is_nifti(p):
             name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-            found.append((name[:-5] if name.endswith("_0000") else name, p, "nifti"))
+            found.append(InputCase(name[:-5] if name.endswith("_0000") else name, p, "nifti"))
         elif p.is_dir() and (p / "dataset.json").exists():
-            from styleseg.io.dataset import Dataset
-
-            ds = Dataset(p)
-            found += [(c.case_id, ds.image_path(c.case_id), "nifti") for c in ds.cases]
+            found += _dataset_cases(p)
         elif p.is_dir():
-            found.append((p.name, p, "dicom"))
+            found += _dicom_cases(p)
         else:
             raise InputError(p, "not a NIfTI file, DICOM series folder or dataset folder",
                              "pass .nii/.nii.gz files, a folder of DICOM slices, or a dataset folder")
-    found.sort(key=lambda t: t[0])
-    ids = [f[0] for f in found]
+    found.sort(key=lambda t: t.case_id)
+    ids = [f.case_id for f in found]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise InputError(None, f"several inputs map to the same case id(s) {dup}", "rename the inputs")
@@ -73,12 +113,15 @@ def discover_inputs(inputs: Sequence[Path]) -> list[tuple[str, Path, str]]:
 def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = False, part_id: int = 0,
             num_parts: int = 1, dicom_seg: bool = False, device: str = "auto", batch_size: int = 8,
             dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False,
-            chunk_slices: int = 32, allow_incomplete: bool = False) -> SegmentReport:
+            chunk_slices: int = 32, allow_incomplete: bool = False, resample: bool = True,
+            progress: bool = True) -> SegmentReport:
     """Segment every case of ``inputs`` into ``out/<case>.nii.gz`` (uint8 labels on the input grid).
 
     Cases are sorted by id and this call does those with ``index % num_parts == part_id``;
     ``continue_`` skips cases whose output exists (outputs are atomic, so an existing one is complete).
     NIfTI input is streamed ``chunk_slices`` slices at a time and the output is written as it is produced.
+    ``resample``: slices off the model's training spacing are resampled to it for the network
+    (:class:`~styleseg.seg.predict.Predictor`). ``progress``: a progress bar with ETA (rich) while it runs.
     """
     from styleseg.io.atomic import write_json
 
@@ -87,49 +130,84 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     if chunk_slices < 1:
         raise ConfigError(f"chunk_slices must be >= 1, got {chunk_slices}")
     pred = Predictor(model, device=device, batch_size=batch_size, dtype=dtype, channels_last=channels_last,
-                     force_spacing=force_spacing, allow_incomplete=allow_incomplete)
+                     force_spacing=force_spacing, allow_incomplete=allow_incomplete, resample=resample)
     cases = discover_inputs(inputs)
     mine = [c for i, c in enumerate(cases) if i % num_parts == part_id]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = SegmentReport(out)
     t0 = time.perf_counter()
-    for cid, path, kind in mine:
-        dest = out / f"{cid}.nii.gz"
-        if continue_ and dest.exists():
-            rep.skipped.append(cid)
-            continue
-        try:
-            if kind == "nifti":
-                if dicom_seg:
-                    log.warning("%s: --dicom-seg needs DICOM input (the SEG references its slices); "
-                                "writing NIfTI only", cid)
-                rep.slices += segment_nifti_streaming(pred, path, dest, chunk_slices)
-            else:
-                rep.slices += segment_dicom(pred, path, dest, chunk_slices, dicom_seg)
-            rep.done.append(cid)
-            log.debug("segmented %s -> %s", cid, dest)
-        except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
-            rep.failed[cid] = str(e)
-            log.error("skipped %s: %s", cid, e)
+    with _bar(progress, len(mine), f"segmenting (part {part_id + 1}/{num_parts})" if num_parts > 1
+              else "segmenting") as advance:
+        for case in mine:
+            _one(pred, case, out, continue_, dicom_seg, chunk_slices, rep)
+            advance()
     rep.seconds = time.perf_counter() - t0
     name = "segment_report.json" if num_parts == 1 else f"segment_report.part{part_id}.json"
     write_json(out / name, rep.to_json())
     return rep
 
 
-def segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int = 32, dicom_seg: bool = False) -> int:
-    """Segment one DICOM CT series folder, reading ``chunk_slices`` files at a time (int16 HU chunks;
-    the uint8 labels are collected, 1 byte per voxel). With ``dicom_seg`` also writes
-    ``<dest stem>.dcm``, a DICOM SEG referencing the source slices."""
-    from styleseg.io.dicom import read_ct_series, scan_dicom, slice_geometry
+def _one(pred: Predictor, case: InputCase, out: Path, continue_: bool, dicom_seg: bool, chunk_slices: int,
+         rep: SegmentReport) -> None:
+    """Segment one case into ``rep`` (done, skipped or failed with the reason)."""
+    dest = out / f"{case.case_id}.nii.gz"
+    if continue_ and dest.exists():
+        rep.skipped.append(case.case_id)
+        return
+    try:
+        if case.kind == "nifti":
+            if dicom_seg and not case.dicom_files:
+                log.warning("%s: --dicom-seg needs DICOM input (the SEG references its slices); "
+                            "writing NIfTI only", case.case_id)
+            seg_files = case.dicom_files if dicom_seg else ()
+            rep.slices += segment_nifti_streaming(pred, case.path, dest, chunk_slices, seg_files)
+        else:
+            rep.slices += segment_dicom(pred, case.path, dest, chunk_slices, dicom_seg, case.dicom_files or None)
+        rep.done.append(case.case_id)
+        log.debug("segmented %s -> %s", case.case_id, dest)
+    except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
+        rep.failed[case.case_id] = str(e)
+        log.error("skipped %s: %s", case.case_id, e)
+
+
+@contextmanager
+def _bar(show: bool, total: int, what: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over ``total`` cases with elapsed time and ETA; yields ``advance()``."""
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
+
+
+def segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int = 32, dicom_seg: bool = False,
+                  files: Sequence[str] | None = None) -> int:
+    """Segment one DICOM CT series, reading ``chunk_slices`` files at a time (int16 HU chunks; the uint8 labels
+    are collected, 1 byte per voxel). ``files``: the series' slice files (default: the one axial CT series
+    :func:`~styleseg.io.series.discover_series` finds in ``folder``, localizers and other series left out).
+    With ``dicom_seg`` also writes ``<dest stem>.dcm``, a DICOM SEG referencing the source slices."""
+    from styleseg.io.dicom import read_ct_series, read_header, slice_geometry
     from styleseg.io.volume import Volume, write_nifti
 
-    series = scan_dicom([folder]).ct_series()
-    if len(series) != 1:
-        raise InputError(folder, f"holds {len(series)} CT series; expected exactly one",
-                         "pass one folder per series")
-    headers, geom = slice_geometry(next(iter(series.values())))
+    if files is None:
+        found = _dicom_cases(folder)
+        if len(found) != 1:
+            raise InputError(folder, f"holds {len(found)} CT series; expected exactly one",
+                             "pass one folder per series, or the whole tree to `segment`")
+        files = found[0].dicom_files
+    headers, geom = slice_geometry([h for h in (read_header(Path(f)) for f in files) if h is not None])
     flips = pred.check_geometry(geom["spacing"], geom["direction"], folder)
     first = headers[0].ds
     lab = np.zeros((len(headers), int(first.Rows), int(first.Columns)), np.uint8)
@@ -141,22 +219,47 @@ def segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int =
         z0 += chunk_lab.shape[0]
     vol = Volume(lab, geom["spacing"], geom["origin"], geom["direction"])
     if dicom_seg:  # before the NIfTI, whose existence is what --continue trusts
-        from styleseg.io.rtstruct import write_seg
-        from styleseg.labels import LabelSchema
-
-        write_seg(vol, LabelSchema.from_labels_dict(pred.labels), [str(h.path) for h in headers],
-                  dest.with_name(dest.name.replace(".nii.gz", ".dcm")))
+        _write_seg(pred, vol, [str(h.path) for h in headers], dest)
     write_nifti(vol, dest, np.uint8)
     return len(headers)
 
 
-def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slices: int = 32) -> int:
+def _write_seg(pred: Predictor, vol: Any, files: Sequence[str], dest: Path) -> None:
+    from styleseg.io.rtstruct import write_seg
+    from styleseg.labels import LabelSchema
+
+    write_seg(vol, LabelSchema.from_labels_dict(pred.labels), list(files), seg_path(dest))
+
+
+def seg_path(dest: Path) -> Path:
+    """Where the DICOM SEG of the NIfTI output ``dest`` goes: ``<case>.dcm`` beside ``<case>.nii.gz``."""
+    return dest.with_name(dest.name.replace(".nii.gz", ".dcm"))
+
+
+def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slices: int = 32,
+                            dicom_files: Sequence[str] = ()) -> int:
     """Segment a NIfTI CT file a chunk of slices at a time, with bounded memory (see :mod:`styleseg.io.
-    nifti_stream`); the labels lie exactly on the input grid and appear at ``dest`` only when complete."""
+    nifti_stream`); the labels lie exactly on the input grid and appear at ``dest`` only when complete.
+    ``dicom_files``: the DICOM slices the NIfTI was imported from; a DICOM SEG referencing them is written
+    too (before the NIfTI, whose existence is what ``continue_`` trusts)."""
     from styleseg.io.nifti_stream import NiftiSliceReader, write_label_stream
 
     reader = NiftiSliceReader(path)
     flips = pred.check_geometry(reader.spacing, reader.direction, path)
     canonical = (to_canonical(c, flips) for c in reader.chunks(chunk_slices))
     labels = (to_canonical(lab, flips) for lab in pred.predict_chunks(canonical, reader.spacing[:2]))
-    return write_label_stream(reader, dest, labels)
+    if not dicom_files:
+        return write_label_stream(reader, dest, labels)
+    from styleseg.io.volume import Volume
+
+    missing = [f for f in dicom_files if not Path(f).exists()]
+    if missing:
+        raise InputError(Path(missing[0]), f"DICOM source of {dest.name} is gone ({len(missing)} of "
+                         f"{len(dicom_files)} slice files missing), so no DICOM SEG can reference it",
+                         "restore the DICOM files, or segment without DICOM SEG")
+    lab = np.concatenate(list(labels))
+    if len(reader.spacing) != 3:
+        raise InputError(path, "a DICOM SEG needs a 3D image grid", "segment without DICOM SEG")
+    vol = Volume(lab, reader.spacing, reader.origin, reader.direction)  # type: ignore[arg-type]
+    _write_seg(pred, vol, dicom_files, dest)
+    return write_label_stream(reader, dest, iter([lab]))

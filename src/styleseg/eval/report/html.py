@@ -30,6 +30,7 @@ import numpy as np
 from styleseg import __version__
 from styleseg.errors import StylesegError
 from styleseg.eval import figures
+from styleseg.eval.report.job_section import job_sections
 from styleseg.eval.report.run_folder import Arm, RunFolder, read_jsonl
 from styleseg.eval.report.tables import (
     CSS,
@@ -255,6 +256,7 @@ def build_html(rf: RunFolder, n_boot: int = 2000, max_cases: int = 3) -> str:
     arms = [a for a in rf.arms if a.metrics is not None]
     structures = structures_of(arms)
     parts = _header(rf)
+    parts += job_sections(rf.root)  # the job path: model choice, style labels, QC (empty for a benchmark run)
     if rf.arms:
         parts.append(_arms_section(rf))
     if arms:
