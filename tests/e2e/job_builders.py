@@ -8,7 +8,8 @@ The target's DICOM tree::
     target/P3/        one series at 0.7 mm pixels (the resampling path)
     target_nifti/T4_ct.nii.gz   a NIfTI target image
 
-Each target case's true label map is kept (``truth``), so a test can "correct" a style slice with it.
+Each target case's true label map is kept (``truth``), so a test can "correct" a style slice with it, or use
+it as a reference label.
 """
 
 from __future__ import annotations
@@ -60,9 +61,15 @@ def write_localizer(folder: Path, patient: str) -> None:
     tmp.rmdir()
 
 
+#: the case ids the importer gives the target series (discover_series: PatientID, or with several series
+#: PatientID_StudyDate_sSeriesNumber) and the NIfTI image
+CASES = ("P1", "P2_20200101_s2", "P2_20200101_s3", "P3", "T4")
+DICOM_CASES = CASES[:4]
+
+
 def build(root: Path) -> dict[str, object]:
-    """Write source, target and experiment data under ``root``; returns paths and the target truths
-    (``truth[(patient, series number)]`` = (image Volume in DICOM slice order, label array in that order))."""
+    """Write source and target data under ``root``; returns the paths, the DICOM identifiers of each target
+    series (``ids[case]``) and the true label map of each target case in its imported slice order (``truth``)."""
     src = root / "source"
     src.mkdir(parents=True)
     for i in range(3):
@@ -70,19 +77,18 @@ def build(root: Path) -> dict[str, object]:
         write_nifti(img.with_array(textured(img, i, 12.0, sharp=False)), src / f"S{i}_ct.nii.gz")
         write_nifti(lab, src / f"S{i}_labels.nii.gz")
     tgt = root / "target"
-    truth: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    truth: dict[str, np.ndarray] = {}
     ids = {}
-    for patient, folder, seed, number, spacing, sharp in (("P1", "P1", 200, 2, 0.9, True),
-                                                          ("P2", "P2/s2", 201, 2, 0.9, True),
-                                                          ("P2", "P2/s3", 202, 3, 0.9, False),
-                                                          ("P3", "P3", 203, 2, 0.7, True)):
+    for case, patient, folder, seed, number, spacing, sharp in (
+            ("P1", "P1", "P1", 200, 2, 0.9, True), ("P2_20200101_s2", "P2", "P2/s2", 201, 2, 0.9, True),
+            ("P2_20200101_s3", "P2", "P2/s3", 202, 3, 0.9, False), ("P3", "P3", "P3", 203, 2, 0.7, True)):
         img, lab = phantom(seed, spacing)
         stored = textured(img, seed, 60.0 if sharp else 25.0, sharp)
-        ids[(patient, number)] = write_series(tgt / folder, img, stored, patient, number)
-        truth[(patient, number)] = (stored[::-1].copy(), np.asarray(lab.array)[::-1].copy())
+        ids[case] = write_series(tgt / folder, img, stored, patient, number)
+        truth[case] = np.asarray(lab.array)[::-1].copy()  # DICOM order: ascending z
     write_localizer(tgt / "P1", "P1")
     nif = root / "target_nifti"
     img, lab = phantom(204)
     write_nifti(img.with_array(textured(img, 204, 60.0, sharp=True)), nif / "T4_ct.nii.gz")
-    truth[("T4", 0)] = (None, np.asarray(lab.array))  # type: ignore[assignment]
+    truth["T4"] = np.asarray(lab.array)
     return {"source": src, "target": tgt, "target_nifti": nif / "T4_ct.nii.gz", "truth": truth, "ids": ids}

@@ -106,7 +106,8 @@ def _qc_part(job: Path, run: Path) -> list[str]:
         png = job / "qc" / rel
         if png.exists():
             parts.append(f'<figure><img src="{figures.png_file_uri(png.read_bytes())}" alt="{_e(case)}">'
-                         f"<figcaption>{_e(case)}: the flagged slice (CT, prediction, second model)</figcaption></figure>")
+                         f"<figcaption>{_e(case)}: the flagged slice (CT, prediction, second model)"
+                         "</figcaption></figure>")
     return parts
 
 
