@@ -129,3 +129,34 @@ def test_streaming_2p5d_equals_whole_volume(tmp_path, context_model, chunk):
     np.testing.assert_array_equal(read_nifti(tmp_path / "out" / "ct.nii.gz").array, want)
     parts = list(p.predict_chunks(np.array_split(read_nifti(src).array, [1, 2, 5])))
     np.testing.assert_array_equal(np.concatenate(parts), want)
+
+
+def test_dicom_folders_are_indexed_by_series_discovery(tmp_path, toy_model):
+    """A folder with one series and a localizer beside it is one case (the localizer left out); a tree with two
+    series of one patient is one case per series, named as the importer names them; DICOM SEG for each."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+    from io_builders import write_ct_series
+    from seg_builders import toy_case
+
+    from styleseg.seg.segment import discover_inputs
+
+    arr, _ = toy_case(np.random.default_rng(0), n=3, size=32)
+    write_ct_series(tmp_path / "one", arr + 1024, spacing=(1.0, 1.0), patient="A")
+    write_ct_series(tmp_path / "scout", np.zeros((1, 16, 32), np.int16), patient="A", SeriesNumber=9,
+                    ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    (tmp_path / "scout" / "img001.dcm").rename(tmp_path / "one" / "zz_scout.dcm")
+    for n in (2, 3):
+        write_ct_series(tmp_path / "tree" / f"s{n}", arr + 1024, spacing=(1.0, 1.0), patient="B", SeriesNumber=n)
+    cases = discover_inputs([tmp_path / "one", tmp_path / "tree"])
+    assert [c.case_id for c in cases] == ["B_20200101_s2", "B_20200101_s3", "one"]
+    assert len(cases[2].dicom_files) == 3 and not any("scout" in f for f in cases[2].dicom_files)
+    rep = segment([tmp_path / "one", tmp_path / "tree"], toy_model, tmp_path / "out", dicom_seg=True)
+    assert rep.done == ["B_20200101_s2", "B_20200101_s3", "one"], rep.failed
+    want = Predictor(toy_model).predict_volume(Volume(arr.astype(np.float32), (1.0, 1.0, 2.0))).array
+    np.testing.assert_array_equal(read_nifti(tmp_path / "out" / "one.nii.gz").array, want)
+    import pydicom
+
+    seg = pydicom.dcmread(tmp_path / "out" / "one.dcm")
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 3
