@@ -52,7 +52,8 @@ def _job_summary(con, summary: dict) -> None:
             con.print(f"shard done, {esc(arm)}: {len(rep['done'])} segmented, {len(rep['skipped'])} done before, "
                       f"{len(rep['failed'])} failed", highlight=False)
         return
-    rows = list(csv.DictReader(open(summary["qc"])))
+    with open(summary["qc"], newline="") as f:
+        rows = list(csv.DictReader(f))
     tab = Table(title=f"Quality control, worst first ({len(rows)} cases; all in {summary['qc']})")
     for c in ("case", "score", "style", "flags"):
         tab.add_column(c)

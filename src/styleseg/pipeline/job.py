@@ -69,6 +69,7 @@ class Job(Experiment):
         self.refs: list[str] = []
         self.trained: list[str] = []
         self.choice: dict[str, Any] = {}
+        self.warned = False
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path],
@@ -142,11 +143,13 @@ class Job(Experiment):
 
     # -- styles and the human step --------------------------------------------------------------
     def labeller(self) -> Arm:
+        """The source-only arm whose model labels the style slices (and, without references, segments)."""
         name = self.job.labeller if self.job.labeller != "auto" else (
             "position" if "position" in self.cfg.arms else "baseline")
         if name not in self.cfg.arms or ARMS[name].train_on != ("source",) or not ARMS[name].trains:
             raise ConfigError(f"[job].labeller {name!r} must be a source-only arm of this experiment")
-        if name == "baseline" and not self.cfg.seg_config().position:
+        if name == "baseline" and not self.cfg.seg_config().position and not self.warned:
+            self.warned = True
             log.warning("the style label maps come from the paper's U-Net without position channels; set "
                         "[train_seg] position = true (or add the position arm) for better ones")
         return ARMS[name]
