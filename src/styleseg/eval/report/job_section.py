@@ -40,14 +40,14 @@ def _model_part(job: Path) -> list[str]:
     scores = m.get("scores") or {}
     rows = [f"<tr><td class=l>{_e(a)}{' (chosen)' if a == m.get('arm') else ''}</td>"
             f"<td>{'–' if v is None else f'{v:.3f}'}</td></tr>" for a, v in scores.items()]
-    rule = {"measured": "measured on the reference cases", "default": "the documented default (no references)",
+    rule = {"measured": "measured on the reference cases", "default": "documented default, no references",
             "given": "set in the experiment file"}.get(str(m.get("rule")), str(m.get("rule")))
     parts = [f"<h2 id=job-model>Which model segments the collection</h2><p><b>{_e(m.get('arm'))}</b> ({_e(rule)}). "
              f"{_e(m.get('why', ''))}</p>"]
     if m.get("compare"):
         parts.append(f"<p class=sub>Second model for the QC agreement column: {_e(m['compare'])}. Style label maps "
                      f"predicted by: {_e(m.get('labeller'))}.</p>")
-    if rows:
+    if any(v is not None for v in scores.values()):
         parts.append(_table(["arm", "mean Dice on the reference cases"], rows))
     return parts
 
