@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
                                            "pixel spacing."),
         allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Use a model whose training has not "
                                               "finished (its best epoch so far)."),
+        no_resample: bool = typer.Option(False, "--no-resample", help="Keep each slice's native pixel spacing "
+                                         "(default: resampled to the model's training spacing when > 10 % off)."),
     ) -> None:
         """Segment CT volumes with a trained U-Net (streaming, resumable, shardable).
 
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         rep = segment(inputs, model, out, continue_=continue_, part_id=part_id, num_parts=num_parts,
                       dicom_seg=dicom_seg, device=device, batch_size=batch_size,
                       dtype="bfloat16" if bf16 else "float32", channels_last=channels_last,
-                      force_spacing=force_spacing, allow_incomplete=allow_incomplete)
+                      force_spacing=force_spacing, allow_incomplete=allow_incomplete, resample=not no_resample)
         con = Console()
         con.print(f"[green]{len(rep.done)} segmented[/], {len(rep.skipped)} skipped (done before), "
                   f"[red]{len(rep.failed)} failed[/] -> {esc(rep.out)} ({rep.slices} slices, {rep.seconds:.1f} s)")

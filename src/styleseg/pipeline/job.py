@@ -180,7 +180,8 @@ class Job(Experiment):
         labels, files, content = None, [], "predicted"
         if mode != "predicted":
             target = _dataset(self.target)
-            if not review_matches_or_write(review, picked, target, mode, self.hashes["pick_styles"], self.shard):
+            if not style_labels.ensure_review(review, picked, target, mode, self.hashes["pick_styles"],
+                                              write=self.shard is None):
                 raise JobPaused(review, f"style label maps to {'correct' if mode == 'correct' else 'draw'}: "
                                 + style_labels.instructions(review, picked, mode))
             missing = style_labels.missing_labels(review, picked)
@@ -341,6 +342,8 @@ class Job(Experiment):
                 self.stage_predict_arm(ARMS[name])
             for name in self.trained:
                 self.stage_evaluate_arm(ARMS[name])
+        if self.cfg.data.agreement_pairs:  # same-scan pairs: label-free texture robustness of every arm
+            self.stage_agreement()
         self.stage_choose([a.name for a in arms if a.train_on != ("source",)])
         summary: dict[str, Any] = {"job": True, "model": self.choice, "skipped_arms": self.skipped_arms,
                                    "run": str(self.run)}
@@ -355,16 +358,6 @@ class Job(Experiment):
         summary["report"] = str(self.stage_report())
         summary["qc"] = str(self.jobdir / "qc" / "qc.csv")
         return {**summary, "timings": self.stages.timings(), "all_skipped": all(r.skipped for r in self.stages.results)}
-
-
-def review_matches_or_write(folder: Path, picked: Any, target: Any, mode: str, picked_hash: str,
-                            shard: tuple[int, int] | None) -> bool:
-    """True when the review folder belongs to this picked style set; else it is (re)written and False."""
-    if style_labels.review_matches(folder, picked_hash):
-        return True
-    if shard is None:
-        style_labels.write_review(picked, folder, target, mode, picked_hash)
-    return False
 
 
 def _dataset(path: Path) -> Any:

@@ -105,6 +105,17 @@ def write_review(picked: StyleSet, folder: Path, target: Dataset, mode: str, pic
          "source_file": _dicom_slice(target, s)} for s in picked.styles]})
 
 
+def ensure_review(folder: Path, picked: StyleSet, target: Dataset, mode: str, picked_hash: str,
+                  write: bool = True) -> bool:
+    """True when ``folder`` holds the review files of this picked style set; else they are written (``write``)
+    and False: the run must pause for the person."""
+    if review_matches(folder, picked_hash):
+        return True
+    if write:
+        write_review(picked, folder, target, mode, picked_hash)
+    return False
+
+
 def instructions(folder: Path, picked: StyleSet, mode: str) -> str:
     """What the person is asked to do (README.txt and the message of the paused run)."""
     which = "\n".join(f"  style {s.index}: case {s.case_id}, slice {s.slice} -> {folder / label_file(s.index)}"
