@@ -78,3 +78,20 @@ def test_unannotated_heart_pixels_never_push_heart_down():
         a = marginal_dice_ce(p.log(), target, ann, catch_all=(0, 6))
         b = marginal_dice_ce(p2.log(), target, ann, catch_all=(0, 6))
     assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_consistency_loss_hand_computed():
+    from styleseg.seg.losses import consistency_loss
+
+    # one pixel, two classes: softmax([0, 0]) = (0.5, 0.5), softmax([ln 3, 0]) = (0.75, 0.25)
+    a = torch.zeros(1, 2, 1, 1)
+    b = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1, 1).float()
+    assert consistency_loss(a, b).item() == pytest.approx((0.25**2 + 0.25**2) / 2)
+    assert consistency_loss(b, b).item() == 0.0
+    # a shift of every logit of a pixel leaves its probabilities, and the loss, unchanged
+    assert consistency_loss(a + 5.0, b).item() == pytest.approx(consistency_loss(a, b).item())
+    g = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    consistency_loss(g, b).backward()
+    assert g.grad[0, 0].item() < 0 < g.grad[0, 1].item()  # pulls class 0 up towards b's 0.75
+    with pytest.raises(ValueError):
+        consistency_loss(a, torch.zeros(1, 3, 1, 1))

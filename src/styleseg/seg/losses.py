@@ -59,3 +59,15 @@ def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, annotated: torc
     dice = (2 * inter + smooth) / (denom + smooth)
     dice_loss = (1 - dice[has]).mean()
     return dice_weight * dice_loss + ce_weight * ce
+
+
+def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Paired consistency (beyond the paper): the mean squared difference of the class probabilities of two
+    views of the same crop (a source slice and a restyled version of it, same anatomy and labels), per pixel
+    and class. 0 when the network segments both alike, whatever it segments. Shimovolos et al. 2022
+    (F-Consistency) use the MSE of feature maps of same-scan kernel pairs; on the output it needs no choice of
+    layer and bounds the term (each difference is in [-1, 1])."""
+    if logits_a.shape != logits_b.shape:
+        raise ValueError(f"paired logits need one shape, got {tuple(logits_a.shape)} and {tuple(logits_b.shape)}")
+    pa, pb = torch.softmax(logits_a.float(), dim=1), torch.softmax(logits_b.float(), dim=1)
+    return ((pa - pb) ** 2).mean()

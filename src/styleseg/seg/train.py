@@ -27,7 +27,7 @@ import numpy as np
 
 from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
-from styleseg.seg.data import Batcher, TrainCase, load_cases, patient_split
+from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, patient_split
 from styleseg.seg.inputs import InputSpec
 
 log = logging.getLogger("styleseg.seg.train")
@@ -74,6 +74,10 @@ class SegTrainConfig:
     # back), so a crop showing one lung knows which side it is on (beyond the paper). Off in the presets, which
     # keep the paper's U-Net for the comparison of arms; the pipeline's "position" arm turns it on
     position: bool = new_option(False)
+    # beyond the paper: weight of the paired consistency term (the mean squared difference of the softmax of a
+    # source crop and of the same crop of one of its restyled versions; seg.losses.consistency_loss), trained
+    # on an augmented dataset in paired batches (seg.data.PairBatcher); 0: off
+    consistency_weight: float = new_option(0.0)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -92,6 +96,8 @@ class SegTrainConfig:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
         if not 0.0 <= self.foreground_prob <= 1.0 or not 0.0 <= self.elastic_prob <= 1.0:
             raise ConfigError("train_seg.foreground_prob and elastic_prob must be in [0, 1]")
+        if self.consistency_weight < 0 or (self.consistency_weight > 0 and self.batch_size % 2):
+            raise ConfigError("train_seg.consistency_weight must be >= 0, and > 0 needs an even batch_size (pairs)")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError("train_seg: need 0 < scale_min <= scale_max")
         if self.crop % 2**self.depth:
@@ -225,7 +231,8 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    batcher = Batcher(train_cases, aug, spec_in, cfg.seed, extra_transform)
+    batcher = (PairBatcher if cfg.consistency_weight > 0 else Batcher)(train_cases, aug, spec_in, cfg.seed,
+                                                                        extra_transform)
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     arch = UNetSpec(in_channels=spec_in.in_channels, num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
@@ -267,6 +274,11 @@ def _step(s: _Setup, st: dict[str, Any]) -> float:
     with torch.autocast(s.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = s.net(cfg.inputs.network_input(x).contiguous(memory_format=torch.channels_last))
     loss = marginal_dice_ce(logits, y, ann, s.catch_all, cfg.dice_weight, cfg.ce_weight)
+    if cfg.consistency_weight > 0:  # PairBatcher: first half source crops, second half their restyled versions
+        from styleseg.seg.losses import consistency_loss
+
+        half = logits.shape[0] // 2
+        loss = loss + cfg.consistency_weight * consistency_loss(logits[:half], logits[half:])
     s.opt.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     s.scaler.step(s.opt)
