@@ -118,6 +118,7 @@ class Batcher:
         self.augment = augment
         self.extra = extra_transform
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._fg: dict[tuple[int, int], list] = {}
 
     def sample(self, ci: int, z: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """One augmented sample: (C, crop, crop) float32 input channels (HU, then positions) and its labels."""
@@ -126,10 +127,15 @@ class Batcher:
         srng = np.random.default_rng(seed)
         stack = case.image[np.clip(np.arange(z - k, z + k + 1), 0, case.image.shape[0] - 1)] if k else case.image[z]
         coords = None
+        fg = self._fg.get((ci, z))
+        if fg is None and hasattr(self.augment, "fg"):  # organ pixels of the slice, found once
+            from styleseg.data.transforms import ForegroundIndex
+
+            fg = self._fg[(ci, z)] = ForegroundIndex(case.label[z], self.augment.fg)
         if self.frames is not None:
-            hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True)
+            hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True, fg=fg)
         else:
-            hu, lab = self.augment(stack, case.label[z], srng)
+            hu, lab = self.augment(stack, case.label[z], srng, fg=fg)
         if k:
             if self.extra is not None:  # the same random draw for every slice of the stack
                 state = srng.bit_generator.state

@@ -238,8 +238,9 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
                     base_channels=cfg.base_channels, depth=cfg.depth)
     # channels-last: the layout oneDNN (CPU, incl. AMX bf16) and cuDNN convolve fastest
     model = UNet(arch).to(device, memory_format=torch.channels_last)
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # fused: one kernel for all parameters instead of ~10 ops per tensor
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                       fused=True)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                               weight_decay=cfg.weight_decay)
