@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
         experiment: Path = typer.Argument(..., help="EXPERIMENT.toml (see examples/)."),
         out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<toml name>)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and config, run nothing."),
+        jobs: int | None = typer.Option(None, "--jobs", "-j", help="U-Nets trained at once in worker processes "
+                                        "(default: the experiment's `jobs`, 1)."),
     ) -> None:
         """Run every stage of an experiment; finished stages with the same config are skipped.
 
@@ -89,7 +91,7 @@ def register(app: typer.Typer) -> None:
         """
         from styleseg.pipeline import load_experiment
 
-        cfg = load_experiment(experiment)
+        cfg = load_experiment(experiment, {"jobs": jobs} if jobs is not None else None)
         _execute(cfg, out or Path("runs") / experiment.stem, dry_run)
 
     @app.command("demo")

@@ -22,6 +22,30 @@ from styleseg.pipeline.arms import TEST_TIME, Arm
 log = logging.getLogger("styleseg.pipeline")
 
 
+def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, threads: int | None) -> float:
+    """One U-Net training (in the caller's process, or a worker's with ``threads`` torch threads); resumes an
+    interrupted run of the same config, starts over after one of another. Returns its wall time."""
+    import time
+
+    from styleseg.errors import CheckpointMismatch
+    from styleseg.seg.train import train_segmentation
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    progress = threads is None
+    try:
+        train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(), extra_transform=transform,
+                           progress=progress)
+    except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
+        log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
+        pdata._clear(out)
+        train_segmentation(datasets, out, scfg, resume=False, extra_transform=transform, progress=progress)
+    return time.perf_counter() - t0
+
+
 class ArmStages:
     """Mixed into :class:`styleseg.pipeline.experiment.Experiment`: the per-arm, per-seed stages."""
 
@@ -30,6 +54,11 @@ class ArmStages:
     cfg: Any
     seeds: tuple[int, ...]
     datasets: dict[tuple[str, int], Path]
+    hashes: dict[str, str]
+    stages: Any
+    pool: Any = None  # a process pool when trainings run in parallel (cfg.jobs > 1)
+    pending: list[tuple[str, Any, list[str], list[Path], Any]]
+    worker_threads: int = 1
 
     # -- naming ----------------------------------------------------------------------------------
     def arm_dir(self, name: str, seed: int) -> Path:
@@ -50,58 +79,66 @@ class ArmStages:
     # -- training ------------------------------------------------------------------------------
     def _train(self, arm: Arm, seed: int, out: Path, datasets: list[Path], stage: str, upstream: list[str],
                extra_hash: dict[str, Any] | None = None) -> None:
+        """Train one U-Net as a stage: here, or (``cfg.jobs`` > 1) in a worker process, its stage recorded when
+        :meth:`collect_trainings` has its result."""
         scfg = self.cfg.seg_config(seed=seed, **arm.seg_changes)
+        cfg = {"seg": hash_view(scfg), "arm": arm.name, **(extra_hash or {})}
+        outputs = [out / "model.json"]
+        hashes = [self.hashes[u] for u in upstream]
+        if self.pool is not None and not self.stages.up_to_date(stage, cfg, hashes, outputs):
+            if self.stages.marker(stage).exists():  # finished under another config: start over
+                pdata._clear(out)
+            job = self.pool.submit(train_job, datasets, out, scfg, arm.build_transform(self), self.worker_threads)
+            self.pending.append((stage, cfg, upstream, outputs, job))
+            return
 
         def build(stale: bool) -> None:
-            from styleseg.errors import CheckpointMismatch
-            from styleseg.seg.train import train_segmentation
-
             if stale:
                 pdata._clear(out)
-            extra = arm.build_transform(self)
-            try:
-                train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(), extra_transform=extra)
-            except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
-                log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
-                pdata._clear(out)
-                train_segmentation(datasets, out, scfg, resume=False, extra_transform=extra)
-        self._stage(stage, {"seg": hash_view(scfg), "arm": arm.name, **(extra_hash or {})}, upstream,
-                    [out / "model.json"], build)
+            train_job(datasets, out, scfg, arm.build_transform(self), None)
+        self._stage(stage, cfg, upstream, outputs, build)
+
+    def collect_trainings(self) -> None:
+        """Wait for the trainings running in worker processes and record their stages, in submission order."""
+        pending, self.pending = self.pending, []
+        for stage, cfg, upstream, outputs, job in pending:
+            self._stage(stage, cfg, upstream, outputs, lambda stale, job=job: job.result())
 
     def stage_train_arm(self, arm: Arm, seed: int) -> Path:
-        """Train the arm's U-Net for one seed (its cyclic rounds after it, if it has them)."""
+        """Train the arm's U-Net for one seed (an arm with cyclic rounds: see :meth:`stage_cyclic_round`)."""
         out = self.arm_dir(arm.name, seed) / "model"
-        datasets = [self.datasets[(d, seed)] for d in arm.train_on]
-        upstream = ["data", "split"] + [self.stage_name(s, seed) for s in arm.upstream()[2:]]
-        if not arm.rounds:
-            self._train(arm, seed, out, datasets, self.stage_name(f"train_{arm.name}", seed), upstream)
-            return out
-        return self._cyclic(arm, seed, datasets, upstream)
+        self._train(arm, seed, out, self._arm_datasets(arm, seed), self.stage_name(f"train_{arm.name}", seed),
+                    self._arm_upstream(arm, seed))
+        return out
 
-    def _cyclic(self, arm: Arm, seed: int, datasets: list[Path], upstream: list[str]) -> Path:
-        """The paper's cyclic training (its future work), ``arm.rounds`` rounds: the previous round's model (first
+    def _arm_datasets(self, arm: Arm, seed: int) -> list[Path]:
+        return [self.datasets[(d, seed)] for d in arm.train_on]
+
+    def _arm_upstream(self, arm: Arm, seed: int) -> list[str]:
+        return ["data", "split"] + [self.stage_name(s, seed) for s in arm.upstream()[2:]]
+
+    def stage_cyclic_round(self, arm: Arm, seed: int, r: int) -> None:
+        """Round ``r`` of the paper's cyclic training (its future work): the previous round's model (round 1:
         the ``rounds_from`` arm's) pseudo-labels the target's style pool, and the arm retrains from scratch on its
         training data plus the confident pseudo-labelled slices. Each round's model, pseudo-labels and record
-        are kept; the last round is the arm's model."""
+        are kept; the last round's model is the arm's."""
         assert arm.rounds_from is not None
-        prev_stage = self.stage_name(f"train_{arm.rounds_from}", seed)
-        prev_model = self.arm_dir(arm.rounds_from, seed) / "model"
-        for r in range(1, arm.rounds + 1):
-            rdir = self.arm_dir(arm.name, seed) / f"round{r}"
-            pseudo = rdir / "pseudo_labels"
-            last = r == arm.rounds
-            out = self.arm_dir(arm.name, seed) / "model" if last else rdir / "model"
-            pstage = self.stage_name(f"pseudo_{arm.name}_r{r}", seed)
+        base = self.arm_dir(arm.name, seed)
+        prev_stage = self.stage_name(f"train_{arm.rounds_from}" if r == 1 else f"train_{arm.name}_r{r - 1}", seed)
+        prev_model = self.arm_dir(arm.rounds_from, seed) / "model" if r == 1 else base / f"round{r - 1}" / "model"
+        rdir, last = base / f"round{r}", r == arm.rounds
+        pseudo = rdir / "pseudo_labels"
+        pstage = self.stage_name(f"pseudo_{arm.name}_r{r}", seed)
 
-            def build(stale: bool, model: Path = prev_model, pseudo: Path = pseudo, rdir: Path = rdir) -> None:
-                record = pdata.build_pseudo_labels(model, self.data_dir / "target_pool", pseudo,
-                                                   self.predict_options())
-                write_json(rdir / "round.json", {"from_model": str(model.relative_to(self.run)), **record})
-            self._stage(pstage, {"round": r, "keep": pdata.PSEUDO_KEEP}, ["split", prev_stage], [pseudo], build)
-            tstage = self.stage_name(f"train_{arm.name}" + ("" if last else f"_r{r}"), seed)
-            self._train(arm, seed, out, [*datasets, pseudo], tstage, [*upstream, pstage], {"round": r})
-            prev_stage, prev_model = tstage, out
-        return prev_model
+        def build(stale: bool) -> None:
+            record = pdata.build_pseudo_labels(prev_model, self.data_dir / "target_pool", pseudo,
+                                               self.predict_options())
+            write_json(rdir / "round.json", {"from_model": str(prev_model.relative_to(self.run)), **record})
+        self._stage(pstage, {"round": r, "keep": pdata.PSEUDO_KEEP}, ["split", prev_stage], [pseudo], build)
+        out = base / "model" if last else rdir / "model"
+        tstage = self.stage_name(f"train_{arm.name}" + ("" if last else f"_r{r}"), seed)
+        self._train(arm, seed, out, [*self._arm_datasets(arm, seed), pseudo], tstage,
+                    [*self._arm_upstream(arm, seed), pstage], {"round": r})
 
     # -- prediction and evaluation ------------------------------------------------------------------
     def stage_predict_arm(self, arm: Arm, seed: int) -> None:

@@ -95,6 +95,9 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = ()
     #: the arm every other arm is compared with over seeds (None: "reference" if it runs, else "baseline")
     reference: str | None = None
+    #: U-Nets trained at the same time, each in a worker process (1: one after another, here); with as many
+    #: jobs as cores each worker uses one thread, which on a small CPU beats one process with several threads
+    jobs: int = 1
     #: the benchmark's own preset (None: the experiment's)
     benchmark_preset: str | None = None
     benchmark: BenchmarkConfig | None = None
@@ -120,6 +123,8 @@ class ExperimentConfig:
                     raise ConfigError(f"arms: {a!r} starts from the model of {needs!r}; add that arm too")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ConfigError(f"seeds {list(self.seeds)}: give distinct non-negative integers")
+        if self.jobs < 1:
+            raise ConfigError(f"jobs = {self.jobs}: the number of U-Nets trained at once must be >= 1")
         if self.reference is not None and self.reference not in self.arms:
             raise ConfigError(f"reference = {self.reference!r} is not one of the arms ({', '.join(self.arms)})")
         if self.n_styles < 1:

@@ -69,6 +69,7 @@ class Experiment(ArmStages):
         self.hashes: dict[str, str] = {}
         self.datasets: dict[tuple[str, int], Path] = {("source", s): self.data_dir / "source" for s in self.seeds}
         self.skipped_arms: dict[str, str] = {}
+        self.pending = []
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path],
@@ -328,6 +329,36 @@ class Experiment(ArmStages):
             if "physics" in needed:
                 self.stage_physics_data(seed)
 
+    def _train_all(self, ready: list) -> None:
+        """Every arm's U-Net for every seed: ``cfg.jobs`` at a time in worker processes (one thread each when the
+        jobs fill the CPUs), or here one after another; cyclic rounds after the arms they start from."""
+        import os
+
+        jobs = self.cfg.jobs
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            self.worker_threads = max(1, cpus // jobs)
+            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        try:
+            for seed in self.seeds:
+                for arm in ready:
+                    if arm.trains and not arm.rounds:
+                        self.stage_train_arm(arm, seed)
+            self.collect_trainings()
+            for r in range(1, max((a.rounds for a in ready), default=0) + 1):
+                for seed in self.seeds:
+                    for arm in ready:
+                        if arm.rounds >= r:
+                            self.stage_cyclic_round(arm, seed, r)
+                self.collect_trainings()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = None
+
     def run_all(self) -> dict[str, Any]:
         write_text(self.run / "experiment.toml", dump_toml(self.cfg.resolved()))
         arms = [ARMS[a] for a in self.cfg.arms]
@@ -339,14 +370,10 @@ class Experiment(ArmStages):
             self.skipped_arms.update({a.name: "no target protocol recorded to build the oracle" for a in arms
                                       if "oracle" in a.train_on})
         ready = [a for a in arms if a.name not in self.skipped_arms]
-        ordered = [a for a in ready if a.trains and not a.rounds] + [a for a in ready if a.rounds]
+        self._train_all(ready)
         for seed in self.seeds:
-            for arm in ordered:
-                self.stage_train_arm(arm, seed)
-                self.stage_predict_arm(arm, seed)
             for arm in ready:
-                if not arm.trains:
-                    self.stage_predict_arm(arm, seed)
+                self.stage_predict_arm(arm, seed)
             for arm in ready:
                 self.stage_evaluate_arm(arm, seed)
         if self.cfg.data.agreement_pairs:
