@@ -46,7 +46,7 @@ def level_name(dose: float, kernel: str) -> str:
 def seg_config(seed: int, steps: int | None):
     from styleseg.seg.train import SegTrainConfig
 
-    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), amp="bf16", position=True, seed=seed)
+    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), amp="bf16", position=True, seed=seed, val_slices=16)
     return dataclasses.replace(cfg, steps_per_epoch=steps) if steps else cfg
 
 

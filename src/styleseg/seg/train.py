@@ -78,6 +78,9 @@ class SegTrainConfig:
     # source crop and of the same crop of one of its restyled versions; seg.losses.consistency_loss), trained
     # on an augmented dataset in paired batches (seg.data.PairBatcher); 0: off
     consistency_weight: float = new_option(0.0)
+    # validate each epoch on at most this many evenly spaced slices of each validation case (0: every slice); on
+    # a CPU whole 512 x 512 volumes make validation cost as much as the epoch's training
+    val_slices: int = new_option(0)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -96,6 +99,8 @@ class SegTrainConfig:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
         if not 0.0 <= self.foreground_prob <= 1.0 or not 0.0 <= self.elastic_prob <= 1.0:
             raise ConfigError("train_seg.foreground_prob and elastic_prob must be in [0, 1]")
+        if self.val_slices < 0:
+            raise ConfigError(f"train_seg.val_slices must be >= 0 (0: every slice), got {self.val_slices}")
         if self.consistency_weight < 0 or (self.consistency_weight > 0 and self.batch_size % 2):
             raise ConfigError("train_seg.consistency_weight must be >= 0, and > 0 needs an even batch_size (pairs)")
         if not 0 < self.scale_min <= self.scale_max:
@@ -142,10 +147,12 @@ def _state_hash(sd: dict[str, Any]) -> str:
 
 
 def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: InputSpec, multiple: int,
-                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False) -> dict[str, float]:
+                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
+                    max_slices: int = 0) -> dict[str, float]:
     """Mean over validation cases of the 3D Dice per structure (cases that did not annotate a
     structure, or where it is absent from both reference and prediction, are skipped). The cases are held
-    already downsampled, so the prediction runs at their resolution."""
+    already downsampled, so the prediction runs at their resolution. ``max_slices`` > 0: on that many evenly
+    spaced slices of each case (2D models only; a 2.5D model needs each slice's neighbours)."""
     import dataclasses
 
     import torch
@@ -158,9 +165,12 @@ def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: Input
     model.eval()
     for i in range(rank, len(cases), world):
         c = cases[i]
-        pred = infer_slices(model, np.asarray(c.image, np.float32), native, multiple, device, 1)
+        zs = np.arange(c.image.shape[0])
+        if max_slices and not spec.context and len(zs) > max_slices:
+            zs = np.unique(np.linspace(0, len(zs) - 1, max_slices).round().astype(int))
+        pred = infer_slices(model, np.asarray(c.image[zs], np.float32), native, multiple, device, 1)
         for v in schema.values:
-            p, r = pred == v, c.label == v
+            p, r = pred == v, c.label[zs] == v
             counts[i, v] = torch.tensor([(p & r).sum(), p.sum(), r.sum(), float(c.annotated[v])])
     if distributed:
         import torch.distributed as dist
@@ -302,7 +312,7 @@ def _end_epoch(s: _Setup, st: dict[str, Any], run: Any) -> None:
         for b in s.model.buffers():
             torch.distributed.broadcast(b, 0)
     val = validation_dice(s.model, s.val_set, s.schema, s.cfg.inputs, 2**s.cfg.depth, s.device, s.rank, s.world,
-                          s.distributed) if s.val_set else {}
+                          s.distributed, s.cfg.val_slices) if s.val_set else {}
     scores = [val[s.schema.name(v)] for v in s.organs if s.schema.name(v) in val]
     score = float(np.mean(scores)) if scores else float("nan")
     rec = {"epoch": st["epoch"] + 1, "step": st["global_step"], "loss": st["loss_sum"] / max(st["loss_n"], 1),
