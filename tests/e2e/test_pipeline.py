@@ -244,7 +244,8 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     a folder per seed, seeds.json with means over seeds x cases and paired differences to the reference, cyclic
     rounds recorded, physics randomisation with random protocols, and the report's seeds section."""
     arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref")
-    text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2').replace("batch_size = 2", "batch_size = 4")
+    text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2')
+    text = text.replace("batch_size = 2", "batch_size = 4")
     cfg = load_experiment(_toml(tmp_path, arms, text))
     run = tmp_path / "run"
     s = run_experiment(cfg, run)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from styleseg.eval.report.run_folder import results_table
 from styleseg.pipeline.arms import ARMS, Arm
 from styleseg.pipeline.config import ALL_ARMS, DataConfig, ExperimentConfig, demo_config, load_experiment
-from styleseg.pipeline.experiment import Experiment, results_table, run_experiment
+from styleseg.pipeline.experiment import Experiment, run_experiment
 
 __all__ = ["ALL_ARMS", "ARMS", "Arm", "DataConfig", "Experiment", "ExperimentConfig", "demo_config",
            "load_experiment", "results_table", "run_experiment"]

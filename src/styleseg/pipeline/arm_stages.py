@@ -140,6 +140,36 @@ class ArmStages:
         self._train(arm, seed, out, [*self._arm_datasets(arm, seed), pseudo], tstage,
                     [*self._arm_upstream(arm, seed), pstage], {"round": r})
 
+    def _train_all(self, ready: list) -> None:
+        """Every arm's U-Net for every seed: ``cfg.jobs`` at a time in worker processes (one thread each when the
+        jobs fill the CPUs), or here one after another; cyclic rounds after the arms they start from."""
+        import os
+
+        jobs = self.cfg.jobs
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            self.worker_threads = max(1, cpus // jobs)
+            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        try:
+            for seed in self.seeds:
+                for arm in ready:
+                    if arm.trains and not arm.rounds:
+                        self.stage_train_arm(arm, seed)
+            self.collect_trainings()
+            for r in range(1, max((a.rounds for a in ready), default=0) + 1):
+                for seed in self.seeds:
+                    for arm in ready:
+                        if arm.rounds >= r:
+                            self.stage_cyclic_round(arm, seed, r)
+                self.collect_trainings()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = None
+
     # -- prediction and evaluation ------------------------------------------------------------------
     def stage_predict_arm(self, arm: Arm, seed: int) -> None:
         pred = self.arm_dir(arm.name, seed) / "pred"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,36 +329,6 @@ class Experiment(ArmStages):
             if "physics" in needed:
                 self.stage_physics_data(seed)
 
-    def _train_all(self, ready: list) -> None:
-        """Every arm's U-Net for every seed: ``cfg.jobs`` at a time in worker processes (one thread each when the
-        jobs fill the CPUs), or here one after another; cyclic rounds after the arms they start from."""
-        import os
-
-        jobs = self.cfg.jobs
-        if jobs > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            self.worker_threads = max(1, cpus // jobs)
-            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-        try:
-            for seed in self.seeds:
-                for arm in ready:
-                    if arm.trains and not arm.rounds:
-                        self.stage_train_arm(arm, seed)
-            self.collect_trainings()
-            for r in range(1, max((a.rounds for a in ready), default=0) + 1):
-                for seed in self.seeds:
-                    for arm in ready:
-                        if arm.rounds >= r:
-                            self.stage_cyclic_round(arm, seed, r)
-                self.collect_trainings()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
-                self.pool = None
-
     def run_all(self) -> dict[str, Any]:
         write_text(self.run / "experiment.toml", dump_toml(self.cfg.resolved()))
         arms = [ARMS[a] for a in self.cfg.arms]
@@ -396,30 +366,3 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path,
             log.info("run folder %s held experiment %r; stages whose config changed will re-run", run_dir,
                      old.get("name"))
     return Experiment(cfg, run_dir, on_event).run_all()
-
-
-def results_table(run_dir: str | Path, structures: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Rows (arm, mean Dice per structure, pixel accuracy) from each arm's metrics.json (the first seed)."""
-    from styleseg.eval.report.run_info import RunInfo
-
-    run_dir = Path(run_dir)
-    rows = []
-    for arm in [a.name for a in RunInfo.read(run_dir).arms]:
-        p = run_dir / "arms" / arm / "metrics.json"
-        if not p.exists():
-            continue
-        m = json.loads(p.read_text())
-        row: dict[str, Any] = {"arm": arm}
-        for s, d in m.get("mean", {}).items():
-            if structures and s not in structures:
-                continue
-            dice = d.get("dice", {})
-            if isinstance(dice, Mapping) and dice.get("mean") is not None:
-                row[s] = dice["mean"]
-        pa = m.get("pixel_accuracy", {})
-        if isinstance(pa, Mapping):
-            v = pa.get("all", pa)
-            if isinstance(v, Mapping) and v.get("mean") is not None:
-                row["pixel_acc"] = v["mean"]
-        rows.append(row)
-    return rows

@@ -8,6 +8,7 @@ A bad case is logged and recorded in the report; the others still run.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.seg.inputs import to_canonical
 from styleseg.seg.predict import Predictor
 
@@ -38,6 +40,10 @@ class SegmentReport:
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "done": self.done, "skipped": self.skipped, "failed": self.failed,
                 "slices": self.slices, "seconds": round(self.seconds, 2)}
+
+
+#: errors of the output side (disk full, read-only, quota): they stop a segmentation instead of failing each case
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def discover_inputs(inputs: Sequence[Path]) -> list[tuple[str, Path, str]]:
@@ -91,7 +97,13 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     cases = discover_inputs(inputs)
     mine = [c for i, c in enumerate(cases) if i % num_parts == part_id]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, inputs)  # before any work: never write into the data being read
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from styleseg.io.atomic import output_error
+
+        raise output_error(out, e) from e
     rep = SegmentReport(out)
     t0 = time.perf_counter()
     for cid, path, kind in mine:
@@ -109,7 +121,19 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
                 rep.slices += segment_dicom(pred, path, dest, chunk_slices, dicom_seg)
             rep.done.append(cid)
             log.debug("segmented %s -> %s", cid, dest)
-        except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
+        except OSError as e:
+            if e.errno in OUTPUT_ERRNOS:  # the output side is broken: every further case would fail the same way
+                from styleseg.io.atomic import output_error
+
+                raise output_error(dest, e) from e
+            rep.failed[cid] = str(e)
+            log.error("skipped %s: %s", cid, e)
+        except InputError as e:
+            if e.problem.startswith("cannot write"):  # the output side is broken, see above
+                raise
+            rep.failed[cid] = str(e)
+            log.error("skipped %s: %s", cid, e)
+        except (ValueError, EOFError, RuntimeError) as e:
             rep.failed[cid] = str(e)
             log.error("skipped %s: %s", cid, e)
     rep.seconds = time.perf_counter() - t0
@@ -153,10 +177,16 @@ def segment_dicom(pred: Predictor, folder: Path, dest: Path, chunk_slices: int =
 def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slices: int = 32) -> int:
     """Segment a NIfTI CT file a chunk of slices at a time, with bounded memory (see :mod:`styleseg.io.
     nifti_stream`); the labels lie exactly on the input grid and appear at ``dest`` only when complete."""
+    from styleseg.io.integrity import check_finite
     from styleseg.io.nifti_stream import NiftiSliceReader, write_label_stream
 
     reader = NiftiSliceReader(path)
     flips = pred.check_geometry(reader.spacing, reader.direction, path)
-    canonical = (to_canonical(c, flips) for c in reader.chunks(chunk_slices))
+
+    def checked(chunk: np.ndarray) -> np.ndarray:
+        check_finite(chunk, path)  # a NaN voxel would reach the network as a number
+        return to_canonical(chunk, flips)
+
+    canonical = (checked(c) for c in reader.chunks(chunk_slices))
     labels = (to_canonical(lab, flips) for lab in pred.predict_chunks(canonical))
     return write_label_stream(reader, dest, labels)

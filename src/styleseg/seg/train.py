@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -27,8 +26,10 @@ import numpy as np
 
 from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, patient_split
 from styleseg.seg.inputs import InputSpec
+from styleseg.trainer import PolyLR, distributed_context, state_hash
 
 log = logging.getLogger("styleseg.seg.train")
 
@@ -126,26 +127,6 @@ class SegTrainConfig:
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _dist() -> tuple[int, int, bool]:
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _state_hash(sd: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: InputSpec, multiple: int,
                     device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
                     max_slices: int = 0) -> dict[str, float]:
@@ -182,16 +163,6 @@ def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: Input
         if d:
             out[name] = float(np.mean(d))
     return out
-
-
-class _PolyLR:
-    """nnU-Net's polynomial decay lr * (1 - step / total) ** 0.9 (picklable, unlike a lambda)."""
-
-    def __init__(self, total: int):
-        self.total = max(total, 1)
-
-    def __call__(self, step: int) -> float:
-        return max(1.0 - step / self.total, 0.0) ** 0.9
 
 
 @dataclass
@@ -254,7 +225,7 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                               weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _PolyLR(cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     net: torch.nn.Module = model
     if distributed:
@@ -339,7 +310,7 @@ def _finalise(s: _Setup, st: dict[str, Any]) -> None:
         import torch.distributed as dist
 
         hashes: list[Any] = [None] * s.world
-        dist.all_gather_object(hashes, _state_hash(s.model.state_dict()))
+        dist.all_gather_object(hashes, state_hash(s.model.state_dict()))
         final["ddp"] = {"world_size": s.world, "final_weight_hash_per_rank": hashes}
         if len(set(hashes)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {hashes}")
@@ -370,7 +341,8 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
 
     out = Path(out)
     datasets = [Path(d) for d in datasets]
-    rank, world, distributed = _dist()
+    check_output_folder(out, datasets)
+    rank, world, distributed = distributed_context()
     if cfg.batch_size % world:
         raise ConfigError(f"train_seg.batch_size ({cfg.batch_size}) must be divisible by the {world} processes")
     if not resume and (out / "model.json").exists():

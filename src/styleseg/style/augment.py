@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from styleseg.errors import InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.io.volume import Volume
 
 log = logging.getLogger("styleseg.style.augment")
@@ -76,6 +77,7 @@ def augment(source: str | Path, generators: Sequence[str | Path] | str | Path, o
     from styleseg.style.generator import load_generator
 
     source, out = Path(source), Path(out)
+    check_output_folder(out, [source, *find_generators(generators)])
     ds = Dataset(source)
     cases = ds.labelled_cases("labelsTr")
     if not cases:

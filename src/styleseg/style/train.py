@@ -39,6 +39,7 @@ import torch
 
 from styleseg.config import check_preset, config_hash, hash_view, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.style.data import Source, load_source, load_styles, sample_batch
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
@@ -341,6 +342,7 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
     folders. See the module docstring for the folder layout."""
     cfg = cfg or GeneratorConfig.preset("quick")
     source, styles, out = Path(source), Path(styles), Path(out)
+    check_output_folder(out, [source, styles])
     ds, src = load_source(source)
     ss = load_styles(styles, ds.schema)
     if ss.schema.to_labels_dict() != ds.schema.to_labels_dict():
