@@ -223,7 +223,7 @@ def test_a_run_folder_of_the_previous_version_is_still_reported(copy: Path) -> N
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'styleseg'"):
         ExperimentConfig(arms=("baseline", "stylseg"))
-    with pytest.raises(ConfigError, match="'baseline' is required"):
+    with pytest.raises(ConfigError, match="'baseline' or 'reference' is required"):
         ExperimentConfig(arms=("oracle", "denoise"))
     bad = tmp_path / "bad.toml"
     for text, match in (('name = "x"\nn_style = 3\n', "did you mean 'n_styles'"),

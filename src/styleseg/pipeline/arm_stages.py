@@ -215,17 +215,17 @@ class ArmStages:
     def stage_evaluate_arm(self, arm: Arm, seed: int) -> None:
         out = self.arm_dir(arm.name, seed) / "metrics.json"
         ev = self.cfg.evaluate
-        baseline = self.arm_dir("baseline", seed) / "pred"
+        ref = self.cfg.reference_arm  # the arm every other is compared against, case by case
 
         def build(stale: bool) -> None:
             from styleseg.eval.evaluate import evaluate
 
             evaluate(self.arm_dir(arm.name, seed) / "pred", self.data_dir / "target_test", out=out,
-                     compare=None if arm.name == "baseline" else baseline, n_boot=ev.n_boot, seed=ev.seed,
-                     with_hd95=ev.hd95)
+                     compare=None if arm.name == ref else self.arm_dir(ref, seed) / "pred", n_boot=ev.n_boot,
+                     seed=ev.seed, with_hd95=ev.hd95)
         upstream = [self.stage_name(f"predict_{arm.name}", seed)]
-        if arm.name != "baseline":
-            upstream.append(self.stage_name("predict_baseline", seed))
+        if arm.name != ref:
+            upstream.append(self.stage_name(f"predict_{ref}", seed))
         changed = {k: v for k, v in to_dict(ev).items() if to_dict(type(ev)())[k] != v}
         self._stage(self.stage_name(f"evaluate_{arm.name}", seed), {"arm": arm.name, **changed}, upstream, [out],
                     build)

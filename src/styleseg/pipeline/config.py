@@ -115,8 +115,8 @@ class ExperimentConfig:
             hints = [f"{b!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(b, ALL_ARMS, 1))
                                  else "") for b in bad]
             raise ConfigError(f"arms: unknown arm {', '.join(hints)}; choose from {', '.join(ALL_ARMS)}")
-        if "baseline" not in self.arms:
-            raise ConfigError("arms: 'baseline' is required (every arm is compared against it)")
+        if self.reference is None and not {"baseline", "reference"} & set(self.arms):
+            raise ConfigError("arms: 'baseline' or 'reference' is required (every arm is compared against it)")
         for a in self.arms:
             for needs in (ARMS[a].reuses, ARMS[a].rounds_from):
                 if needs and needs not in self.arms:

@@ -86,9 +86,12 @@ class Experiment(ArmStages):
         from styleseg.eval.report.run_info import ArmInfo, RunInfo
 
         arms = self.cfg.arms
-        oracle = next((a for a in ("oracle_ref", "oracle") if a in arms), None)
+        ref_recipe = self.cfg.reference_arm != "baseline"  # the gap is measured against the oracle of the same recipe
+        oracle = next((a for a in (("oracle_ref", "oracle") if ref_recipe else ("oracle", "oracle_ref")) if a in arms),
+                      None)
         RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=list(self.seeds),
-                arms=[ArmInfo(a, ARMS[a].title, ARMS[a].role) for a in arms], baseline="baseline", oracle=oracle,
+                arms=[ArmInfo(a, ARMS[a].title, ARMS[a].role) for a in arms], baseline=self.cfg.reference_arm,
+                oracle=oracle,
                 reference=self.cfg.reference_arm, target_ref="data/target_test", stages=self.stages.timings(),
                 config=self.cfg.resolved()).write(self.run)
 
