@@ -1,23 +1,30 @@
 # Two entry points (README Quick start): `make demo` and `make test`.
 # Both create .venv if missing, install torch==2.13.0 FIRST (an unpinned torch would pull CUDA wheels),
-# then the project with its test extras, and check that nothing upgraded torch.
+# then the project with its extras (EXTRAS, default: test), and check that nothing upgraded torch.
+# `make install-nnunet` (or EXTRAS=test,nnunet) adds nnU-Net v2 for tests/ecosystem and benchmarks/bench_nnunet.py;
+# CI (.ci/run) runs `make test EXTRAS=test,nnunet`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
-STAMP := $(VENV)/.installed
+EXTRAS ?= test
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test lint clean bench
+.PHONY: install install-nnunet demo test lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'torch was changed to ' + torch.__version__ + ': reinstall $(TORCH)')"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+install-nnunet:
+	$(MAKE) install EXTRAS=test,nnunet
 
 demo: $(STAMP)
 	$(BIN)/styleseg demo

@@ -198,6 +198,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     kwargs = {k: _coerce(_resolve_type(cls, k), v, f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
+    except ConfigError as e:  # a value the class itself refuses: name the file and section too
+        if str(e).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {e}") from e
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
     return obj

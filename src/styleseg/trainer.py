@@ -14,7 +14,9 @@ and ``style.train``) fill in only their step:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,3 +116,36 @@ class TrainingRun:
             yield bar
         finally:
             bar.stop()
+
+
+class PolyLR:
+    """nnU-Net's polynomial decay lr * (1 - step / total) ** 0.9 (picklable, unlike a lambda)."""
+
+    def __init__(self, total: int):
+        self.total = max(total, 1)
+
+    def __call__(self, step: int) -> float:
+        return max(1.0 - step / self.total, 0.0) ** 0.9
+
+
+def distributed_context() -> tuple[int, int, bool]:
+    """(rank, world size, distributed) under torchrun (the process group is set up on first use: nccl on GPUs,
+    gloo on CPUs); (0, 1, False) otherwise."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def state_hash(sd: dict[str, Any]) -> str:
+    """A short hash of a state dict's tensors (to check that DDP ranks ended with the same weights)."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -223,7 +223,7 @@ def test_a_run_folder_of_the_previous_version_is_still_reported(copy: Path) -> N
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'styleseg'"):
         ExperimentConfig(arms=("baseline", "stylseg"))
-    with pytest.raises(ConfigError, match="'baseline' is required"):
+    with pytest.raises(ConfigError, match="'baseline' or 'reference' is required"):
         ExperimentConfig(arms=("oracle", "denoise"))
     bad = tmp_path / "bad.toml"
     for text, match in (('name = "x"\nn_style = 3\n', "did you mean 'n_styles'"),
@@ -236,3 +236,41 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match):
             load_experiment(bad)
+
+
+@pytest.mark.slow
+def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
+    """Two training seeds of the reference and the arms layered on it, trained two at a time in worker processes:
+    a folder per seed, seeds.json with means over seeds x cases and paired differences to the reference, cyclic
+    rounds recorded, physics randomisation with random protocols, and the report's seeds section."""
+    arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref")
+    text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2')
+    text = text.replace("batch_size = 2", "batch_size = 4")
+    cfg = load_experiment(_toml(tmp_path, arms, text))
+    run = tmp_path / "run"
+    s = run_experiment(cfg, run)
+    assert s["skipped_arms"] == {}
+    for arm in arms:
+        assert (run / "arms" / arm / "metrics.json").exists()
+        assert (run / "arms" / arm / "seed4" / "metrics.json").exists()
+    m3, m4 = (json.loads((run / "arms" / "reference" / p / "model.json").read_text())
+              for p in ("model", "seed4/model"))
+    assert (m3["config"]["seed"], m4["config"]["seed"]) == (3, 4) and m3["position"]
+    assert json.loads((run / "arms" / "consistency_ref" / "model" / "model.json").read_text())["config"][
+        "consistency_weight"] == 1.0
+    assert (run / "data" / "aug_separate_seed4").exists() and (run / "generators" / "separate_seed4").exists()
+    rnd = json.loads((run / "arms" / "cyclic_ref" / "round1" / "round.json").read_text())
+    assert rnd["kept"] >= 1 and rnd["from_model"] == "arms/styleseg_ref/model"
+    assert json.loads((run / "arms" / "cyclic_ref" / "round2" / "round.json").read_text())["from_model"] == \
+        "arms/cyclic_ref/round1/model"
+    protocols = json.loads((run / "data" / "physics" / "dataset.json").read_text())["styleseg"]["meta"]["physics"][
+        "protocols"]
+    assert len(protocols) == 3 * 4 and len(set(protocols)) > 1
+    seeds = json.loads((run / "seeds.json").read_text())
+    assert seeds["reference"] == "reference" and seeds["seeds"] == [3, 4]
+    d = seeds["arms"]["styleseg_ref"]["vs_reference"]["lung_left"]["dice"]
+    assert d["n_seeds"] == [2, 2] and isinstance(d["resolved"], bool) and d["ci_low"] <= d["mean_diff"] <= d["ci_high"]
+    assert "vs_reference" not in seeds["arms"]["reference"]
+    text = (run / "report.html").read_text()
+    assert "Over 2 training seeds" in text and "Paired difference to the reference arm (reference)" in text
+    assert run_experiment(cfg, run)["all_skipped"]

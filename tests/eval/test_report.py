@@ -137,22 +137,94 @@ def chromium() -> str | None:
     return None
 
 
-def render_screenshot(html: Path, png: Path, size: str = "1400,2000", timeout: float = 120.0) -> None:
-    """Render ``html`` in headless Chromium and save a screenshot (raises on failure)."""
+def _chromium(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run headless Chromium offline (the machine's network is closed) with a fresh profile; raises on failure."""
     exe = chromium()
     assert exe is not None
     with tempfile.TemporaryDirectory() as prof:
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={prof}", f"--screenshot={png}", f"--window-size={size}",
-               html.resolve().as_uri()]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+               f"--user-data-dir={prof}", *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+
+
+def render_screenshot(html: Path, png: Path, size: str = "1400,2000", timeout: float = 120.0) -> None:
+    """Render ``html`` in headless Chromium and save a screenshot (raises on failure)."""
+    _chromium([f"--screenshot={png}", f"--window-size={size}", html.resolve().as_uri()], timeout)
+
+
+# Runs in the rendered page after every image has loaded: what the browser made of the report.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const tables = {};
+  for (const h of document.querySelectorAll("h3")) {
+    const t = h.nextElementSibling;
+    if (t && t.tagName === "TABLE" && !(h.textContent in tables))
+      tables[h.textContent] = Array.from(t.rows, r => Array.from(r.cells, c => c.innerText.trim()));
+  }
+  const imgs = Array.from(document.images, i => ({complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
+                                                  shown: i.getBoundingClientRect().width}));
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({title: document.title, imgs, tables,
+                                    injected: document.querySelectorAll("test").length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def render_probe(html: Path, timeout: float = 120.0) -> dict:
+    """Load ``html`` (a copy with PROBE appended) in headless Chromium, dump the DOM after the load event and
+    return what PROBE found: the document title, every <img>'s decoded size, every h3-headed table's cells."""
+    probe_html = html.with_name(html.stem + ".probe.html")
+    probe_html.write_text(html.read_text().replace("</body>", PROBE + "</body>"))
+    r = _chromium(["--dump-dom", "--virtual-time-budget=10000", "--window-size=1400,2000",
+                   probe_html.resolve().as_uri()], timeout)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
+    assert m, f"the probe did not run; Chromium said: {r.stderr[-2000:]}"
+    import html as html_mod
+
+    return json.loads(html_mod.unescape(m.group(1)))
+
+
+def _mean_dice(pred_dir: Path, ref: Dataset, structure: str) -> tuple[float, int]:
+    """The test's own mean Dice of one structure over the cases where it is annotated (2|P∩R| / (|P| + |R|))."""
+    from styleseg.io.volume import read_nifti
+
+    v = ref.schema.value(structure)
+    scores = []
+    for c in ref.labelled_cases(None):
+        if structure not in c.annotated:
+            continue
+        p = read_nifti(pred_dir / f"{c.case_id}.nii.gz").array == v
+        r = ref.load_label(c.case_id).array == v
+        scores.append(2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+    return float(np.mean(scores)), len(scores)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
-def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+def test_report_renders_in_headless_chromium(run_dir: Path, ref_dataset: Path, tmp_path: Path):
     out = write_report(run_dir, n_boot=200)
+    probe = render_probe(out)
+    assert probe["title"] == "toy run <test>"  # the browser shows the text itself, not markup
+    assert probe["injected"] == 0
+    # every figure decoded to a real picture and is laid out on the page
+    assert len(probe["imgs"]) == 7
+    for im in probe["imgs"]:
+        assert im["complete"] and im["w"] >= 100 and im["h"] >= 100 and im["shown"] > 0, im
+    # a Dice cell as rendered, against the test's own Dice from the predictions on disk: the styleseg arm's
+    # metrics are computed by the report from pred/, and c2 has no heart contour, so the mean is over c0, c1
+    dice_rows = probe["tables"]["Dice"]
+    header = dice_rows[0]
+    row = next(r for r in dice_rows if r[0] == "styleseg")
+    cell = row[header.index("heart")]
+    want, n = _mean_dice(run_dir / "arms" / "styleseg" / "pred", Dataset(ref_dataset), "heart")
+    assert n == 2
+    assert cell.split()[0] == f"{want:.3f}" and cell.endswith(f"n={n}"), (cell, want)
+    oracle = next(r for r in dice_rows if r[0] == "oracle")
+    assert oracle[header.index("heart")].split()[0] == "1.000"  # the oracle's predictions are the reference
+
     png = tmp_path / "shot.png"
     render_screenshot(out, png)
     import matplotlib.image as mpimg

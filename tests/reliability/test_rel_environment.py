@@ -138,3 +138,24 @@ def test_existing_output_is_kept(tmp_path):
                  contains=[f"error: {out}: output already exists (fix: choose another --out or remove it first)"],
                  left="the existing folder, unchanged", tmp=tmp_path)
     assert listing(tmp_path) == ["bench", "bench/mine.txt"] and (out / "mine.txt").read_text() == "keep"
+
+
+def test_an_output_inside_an_input_folder_is_refused_before_any_work(tmp_path):
+    """`--out` the input dataset itself, or a folder inside it: one line, exit 2, and nothing written there."""
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.volume import Volume
+    from styleseg.labels import LabelSchema
+
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds, "ds", LabelSchema.default()) as w:
+        w.add_case("a", Volume(np.full((2, 32, 32), -1000, np.int16), (1.0, 1.0, 3.0)))
+    before = sorted(p.name for p in ds.rglob("*"))
+    for args in (["simulate", str(ds), "--protocol", "low-dose-sharp", "--out", str(ds / "sim")],
+                 ["import", str(ds), "--out", str(ds / "imagesTr" / "again")]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "inside the input" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in ds.rglob("*")) == before

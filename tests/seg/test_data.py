@@ -83,3 +83,33 @@ def test_batcher_stacks_neighbours_in_order():
         c = row[1]
         assert list(row) == [max(c - 1, 0), c, min(c + 1, 4)]
     assert np.allclose(calls[0::3], calls[1::3]) and np.allclose(calls[0::3], calls[2::3])
+
+
+def test_pair_batches_hold_a_crop_and_the_same_crop_of_a_restyled_version():
+    """Consistency pairs: the first half of a batch are source crops, the second half the same crops (same
+    geometry, labels and intensity draws) of a generated version of the same slice."""
+    from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
+    from styleseg.seg.data import PairBatcher
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(40, 10, (3, 32, 32)).astype(np.int16)
+    lab = np.zeros((3, 32, 32), np.uint8)
+    lab[:, 8:24, 8:24] = 3
+    ann = np.ones(7, bool)
+    src = TrainCase("c", "c", img, lab, ann, (1.0, 1.0), origin="c")
+    gens = [TrainCase(f"c_s{k}", "c", (img + 500 * (k + 1)).astype(np.int16), lab, ann, (1.0, 1.0), origin="c",
+                      generated=True) for k in range(2)]
+    other = TrainCase("d", "d", img, lab, ann, (1.0, 1.0), origin="d")  # no versions: never drawn
+    aug = TrainAugment(TrainAugmentConfig(crop=16, foreground_prob=0.5), (3,))
+    b = PairBatcher([src, *gens, other], aug, InputSpec(), 3, lambda hu, r: hu + r.normal(0, 5))
+    x, y, _ = b.next(8)
+    assert x.shape == (8, 1, 16, 16)
+    diff = (x[4:] - x[:4]).numpy()
+    steps = np.round(np.median(diff.reshape(4, -1), axis=1) / 500)
+    assert set(steps.tolist()) <= {1.0, 2.0}  # each second-half crop is one of the two versions (+500 / +1000 HU)
+    inside = x[:4].numpy() > -900  # pixels sampled from inside the slice (outside: air, in both)
+    want = np.broadcast_to((steps * 500)[:, None, None, None], diff.shape)
+    np.testing.assert_allclose(diff[inside], want[inside], atol=1e-3)  # same pixels, same intensity draws
+    np.testing.assert_array_equal(y[:4].numpy(), y[4:].numpy())
+    with pytest.raises(ConfigError, match="generated versions"):
+        PairBatcher([src, other], aug, InputSpec(), 0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from styleseg.seg.losses import marginal_dice_ce
 
@@ -78,3 +80,73 @@ def test_unannotated_heart_pixels_never_push_heart_down():
         a = marginal_dice_ce(p.log(), target, ann, catch_all=(0, 6))
         b = marginal_dice_ce(p2.log(), target, ann, catch_all=(0, 6))
     assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_consistency_loss_hand_computed():
+    from styleseg.seg.losses import consistency_loss
+
+    # one pixel, two classes: softmax([0, 0]) = (0.5, 0.5), softmax([ln 3, 0]) = (0.75, 0.25)
+    a = torch.zeros(1, 2, 1, 1)
+    b = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1, 1).float()
+    assert consistency_loss(a, b).item() == pytest.approx((0.25**2 + 0.25**2) / 2)
+    assert consistency_loss(b, b).item() == 0.0
+    # a shift of every logit of a pixel leaves its probabilities, and the loss, unchanged
+    assert consistency_loss(a + 5.0, b).item() == pytest.approx(consistency_loss(a, b).item())
+    g = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    consistency_loss(g, b).backward()
+    assert g.grad[0, 0].item() < 0 < g.grad[0, 1].item()  # pulls class 0 up towards b's 0.75
+    with pytest.raises(ValueError):
+        consistency_loss(a, torch.zeros(1, 3, 1, 1))
+
+
+def reference_marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+                     catch_all: Sequence[int] = (0,), dice_weight: float = 1.0, ce_weight: float = 1.0,
+                     smooth: float = 1e-5) -> torch.Tensor:
+    """The definition written out with one-hot tensors (the first implementation), as the oracle.
+
+    ``logits`` (B, C, H, W); ``target`` (B, H, W) integer labels; ``annotated`` (B, C) bool: which
+    classes each sample's case annotated (catch-all classes count as annotated); ``catch_all``: the
+    classes that absorb unannotated structures (background, and body if the schema has one).
+    """
+    b, c = logits.shape[:2]
+    logits = logits.float()
+    target = target.long()
+    ann = annotated.to(device=logits.device, dtype=torch.bool).clone()
+    ca = torch.zeros(c, dtype=torch.bool, device=logits.device)
+    ca[list(catch_all)] = True
+    ann[:, ca] = True
+    unknown = ~ann  # (B, C)
+    onehot = F.one_hot(target, c).permute(0, 3, 1, 2).to(logits.dtype)  # (B, C, H, W)
+    is_ca_pixel = ca[target]  # (B, H, W)
+    # allowed target set per pixel
+    allowed = onehot.bool() | (is_ca_pixel[:, None] & unknown[:, :, None, None])
+    logp = F.log_softmax(logits, dim=1)
+    neg_inf = torch.finfo(logp.dtype).min
+    ce = -torch.logsumexp(logp.masked_fill(~allowed, neg_inf), dim=1).mean()
+
+    p = logp.exp()
+    p_unknown = (p * unknown[:, :, None, None].to(p.dtype)).sum(1, keepdim=True)  # (B, 1, H, W)
+    q = p + onehot * ca[None, :, None, None].to(p.dtype) * p_unknown
+    w = ann[:, :, None, None].to(p.dtype)  # skip unannotated (sample, class) pairs
+    inter = (q * onehot * w).sum(dim=(0, 2, 3))
+    denom = ((q + onehot) * w).sum(dim=(0, 2, 3))
+    has = ann.any(0)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    dice_loss = (1 - dice[has]).mean()
+    return dice_weight * dice_loss + ce_weight * ce
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_lean_loss_equals_the_definition_with_partial_labels(seed):
+    """The loss (and its gradient) equal the one-hot definition on random logits, labels and partial
+    annotation (some classes unannotated in some samples), body and background as catch-alls."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(4, 7, 12, 10, generator=g)).requires_grad_()
+    target = torch.randint(0, 7, (4, 12, 10), generator=g)
+    ann = torch.rand(4, 7, generator=g) > 0.3
+    got = marginal_dice_ce(logits, target, ann, catch_all=(0, 6))
+    want = reference_marginal_dice_ce(logits, target, ann, catch_all=(0, 6))
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    (ga,) = torch.autograd.grad(got, logits)
+    (gb,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)

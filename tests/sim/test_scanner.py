@@ -132,3 +132,15 @@ def test_bad_protocol_kernel_and_dose_errors():
             get_protocol(dose_fraction=bad, kernel="standard")
     with pytest.raises(ConfigError):
         reimage(np.zeros((4, 4, 4, 4)), 0.9, "standard")
+
+
+def test_an_adhoc_protocol_is_named_and_found_again_by_its_name():
+    from styleseg.errors import ConfigError
+
+    p = scanner.get_protocol(dose_fraction=0.05, kernel="sharp")
+    assert p.name == "dose0.05-sharp" and scanner.get_protocol(p.name) == p
+    assert scanner.get_protocol("dose1-standard").dose_fraction == 1.0
+    with pytest.raises(ConfigError, match="dose fraction"):
+        scanner.get_protocol("dose2-sharp")
+    with pytest.raises(ConfigError, match="did you mean 'sharp'"):
+        scanner.get_protocol("dose0.1-shrp")

@@ -74,7 +74,8 @@ def test_a_generated_real_slice_keeps_the_bone_of_its_source(tmp_path):
     ratio = bone_gen.sum() / bone_src.sum()
     dice = 2 * (bone_src & bone_gen).sum() / (bone_src.sum() + bone_gen.sum())
     core, ring = vertebral_body(src, lab, spacing)
-    print(f"bone > 300 HU in the body: source {bone_src.sum()} px, generated {bone_gen.sum()} (ratio {ratio:.2f}), Dice "
+    print(f"bone > 300 HU in the body: source {bone_src.sum()} px, generated {bone_gen.sum()} (ratio {ratio:.2f}), "
+          f"Dice "
           f"{dice:.3f}; vertebral body {gen[core].mean():.0f} HU vs soft tissue around it {gen[ring].mean():.0f} HU "
           f"(source {src[core].mean():.0f} vs {src[ring].mean():.0f})")
     assert core.sum() > 50 and ring.sum() > 200  # the landmarks were found

@@ -138,6 +138,8 @@ def register(app: typer.Typer) -> None:
                                   "i/n) and stop; every earlier stage must be finished (--until segment)."),
         until: str = typer.Option(None, "--until", help="Job path: 'segment' runs every stage before segmenting "
                                   "the collection, then stops (the preparation step of a Slurm array)."),
+        jobs: int | None = typer.Option(None, "--jobs", "-j", help="U-Nets trained at once in worker processes "
+                                        "(default: the experiment's `jobs`, 1)."),
     ) -> None:
         """Run every stage of an experiment; finished stages with the same config are skipped.
 
@@ -149,7 +151,7 @@ def register(app: typer.Typer) -> None:
         """
         from styleseg.pipeline import load_experiment
 
-        cfg = load_experiment(experiment)
+        cfg = load_experiment(experiment, {"jobs": jobs} if jobs is not None else None)
         _execute(cfg, out or Path("runs") / experiment.stem, dry_run, parse_shard(shard), until)
 
     @app.command("demo")

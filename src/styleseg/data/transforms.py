@@ -12,6 +12,7 @@ Part 2 (below, added separately): intensity transforms of the comparison arms.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,17 +37,42 @@ class TrainAugmentConfig:
     enabled: bool = True
 
 
+class ForegroundIndex:
+    """The organ pixels of one label slice, found when first asked for and kept: which of ``classes`` are
+    present (in class order), and the (rows, columns) of a class's pixels in np.nonzero order. What
+    :func:`sample_crop_centre` draws from; a training run visits each slice many times."""
+
+    def __init__(self, label: np.ndarray, classes: np.ndarray):
+        self.label = label
+        self.classes = np.asarray(classes, int)
+        self._present: list[int] | None = None
+        self._pixels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def present(self) -> list[int]:
+        if self._present is None:
+            counts = np.bincount(self.label.ravel(), minlength=int(self.classes.max(initial=0)) + 1)
+            self._present = [int(c) for c in self.classes if counts[c] > 0]
+        return self._present
+
+    def pixels(self, cls: int) -> tuple[np.ndarray, np.ndarray]:
+        if cls not in self._pixels:
+            self._pixels[cls] = np.nonzero(self.label == cls)
+        return self._pixels[cls]
+
+
 def sample_crop_centre(rng: np.random.Generator, label: np.ndarray | None, crop: int,
-                       foreground_classes: np.ndarray, foreground_prob: float) -> tuple[float, float]:
+                       foreground_classes: np.ndarray, foreground_prob: float,
+                       fg: ForegroundIndex | None = None) -> tuple[float, float]:
     """Crop centre (y, x): with probability ``foreground_prob`` a random pixel of a random organ class
     present in the slice (classes drawn uniformly, so small organs are seen as often as lungs),
-    otherwise uniform over positions where the crop fits."""
+    otherwise uniform over positions where the crop fits. ``fg``: a kept :class:`ForegroundIndex` of
+    ``label`` (the same draws with or without it)."""
     h, w = (label.shape if label is not None else (crop, crop))
     if label is not None and len(foreground_classes) and rng.random() < foreground_prob:
-        present = [int(c) for c in foreground_classes if (label == c).any()]
+        index = fg if fg is not None else ForegroundIndex(label, foreground_classes)
+        present = index.present()
         if present:
-            cls = present[int(rng.integers(len(present)))]
-            ys, xs = np.nonzero(label == cls)
+            ys, xs = index.pixels(present[int(rng.integers(len(present)))])
             j = int(rng.integers(len(ys)))
             return float(ys[j]), float(xs[j])
     half_h, half_w = min(crop, h) / 2.0, min(crop, w) / 2.0
@@ -67,12 +93,27 @@ def train_augment_coords(rng: np.random.Generator, centre: tuple[float, float], 
         x = sa * yy + ca * xx
         if rng.random() < cfg.elastic_prob:
             k = cfg.elastic_grid
-            dy = ndi.zoom(rng.normal(0, cfg.elastic_alpha, (k, k)), n / k, order=3)[:n, :n]
-            dx = ndi.zoom(rng.normal(0, cfg.elastic_alpha, (k, k)), n / k, order=3)[:n, :n]
+            basis = _zoom_basis(k, n)
+            dy = np.tensordot(rng.normal(0, cfg.elastic_alpha, (k, k)), basis, 2)
+            dx = np.tensordot(rng.normal(0, cfg.elastic_alpha, (k, k)), basis, 2)
             y, x = y + dy, x + dx
     else:
         y, x = yy, xx
     return np.stack([y + centre[0], x + centre[1]])
+
+
+@functools.lru_cache(maxsize=8)
+def _zoom_basis(k: int, n: int) -> np.ndarray:
+    """(k, k, n, n): ``ndi.zoom(e_ab, n / k, order=3)[:n, :n]`` of every basis grid e_ab. Zooming is linear, so a
+    control grid's displacement field is its coefficients against this basis: the cubic-spline zoom of the
+    elastic deformation without a spline evaluation per crop."""
+    out = np.empty((k, k, n, n))
+    for a in range(k):
+        for b in range(k):
+            e = np.zeros((k, k))
+            e[a, b] = 1.0
+            out[a, b] = ndi.zoom(e, n / k, order=3)[:n, :n]
+    return out
 
 
 class TrainAugment:
@@ -87,10 +128,11 @@ class TrainAugment:
         self.fg = np.asarray(foreground_classes, int)
 
     def __call__(self, hu: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
-                 return_coords: bool = False) -> tuple[np.ndarray, ...]:
+                 return_coords: bool = False, fg: ForegroundIndex | None = None) -> tuple[np.ndarray, ...]:
         """``return_coords``: also return the (2, crop, crop) source coordinates (y, x) in the full slice of
-        every crop pixel (the same random draws either way)."""
-        centre = sample_crop_centre(rng, label, self.cfg.crop, self.fg, self.cfg.foreground_prob)
+        every crop pixel (the same random draws either way); ``fg``: a kept :class:`ForegroundIndex` of
+        ``label``."""
+        centre = sample_crop_centre(rng, label, self.cfg.crop, self.fg, self.cfg.foreground_prob, fg)
         coords = train_augment_coords(rng, centre, self.cfg)
         hu = np.asarray(hu, np.float32)
         if hu.ndim == 3:  # (C, H, W): neighbouring slices (2.5D context), all moved by the same transform

@@ -29,7 +29,7 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +261,14 @@ def _final_place(p: Path | None, tmp: Path, path: Path) -> Path | None:
         return path / Path(p).relative_to(tmp)
     except ValueError:
         return None
+
+
+def check_output_folder(out: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output that is one of the inputs or lies inside an input folder: a command would write into the
+    data it reads, or replace it."""
+    o = Path(out).resolve()
+    for p in map(Path, inputs):
+        r = p.resolve()
+        if o == r or (r.is_dir() and r in o.parents):
+            raise InputError(out, f"the output folder is {'the input' if o == r else 'inside the input'} {p}",
+                             "choose an --out outside the input folders")

@@ -14,6 +14,11 @@ annotated: the others are *unknown*, not background), ``derived`` (structures co
 drawn, e.g. body), ``labels`` ("labelsTr", "labelsRef" or null) and free extras such as
 ``source_files``, ``scanner`` (DICOM tags), ``split``, ``protocol`` or ``provenance``.
 
+nnU-Net v2 trains on every image in ``imagesTr`` and wants a ``labelsTr`` file for each, ``numTraining`` of
+them. Where a dataset also holds unannotated cases or cases with labelsRef labels, ``dataset.json`` lists its
+training cases explicitly under nnU-Net v2's ``dataset`` key (:func:`nnunet_training_fields`), so nnU-Net
+trains on exactly the labelsTr cases and the folder stays one dataset for styleseg.
+
 A dataset is written through :class:`DatasetWriter`, which builds it in a temporary folder and renames
 it into place only when every case was written, so a failed import leaves nothing half-written.
 """
@@ -78,6 +83,23 @@ class CaseRecord:
         d = dict(d)
         return cls(case_id, d.pop("labels", None), tuple(d.pop("annotated", ())), tuple(d.pop("derived", ())),
                    d)
+
+
+def nnunet_training_fields(records: Mapping[str, CaseRecord], file_ending: str = FILE_ENDING) -> dict[str, Any]:
+    """The dataset.json fields that tell nnU-Net v2 which cases it trains on.
+
+    ``numTraining`` counts the cases with labelsTr labels (nnU-Net's verify_dataset_integrity asserts it).
+    When some case in imagesTr has no labelsTr label (unannotated, or evaluation labels in labelsRef),
+    nnU-Net's folder scan would take it as a training case with a missing label, so the training cases are
+    listed under nnU-Net v2's ``dataset`` key (case -> ``images`` and ``label``, relative to the dataset
+    folder): nnU-Net then reads exactly those and never a labelsRef label.
+    """
+    train = [cid for cid, r in records.items() if r.labels == "labelsTr"]
+    fields: dict[str, Any] = {"numTraining": len(train)}
+    if len(train) < len(records):
+        fields["dataset"] = {cid: {"images": [f"imagesTr/{cid}_0000{file_ending}"],
+                                   "label": f"labelsTr/{cid}{file_ending}"} for cid in train}
+    return fields
 
 
 class Dataset:
@@ -251,13 +273,12 @@ class DatasetWriter:
         return rec
 
     def dataset_json(self) -> dict[str, Any]:
-        n_train = sum(1 for r in self.records.values() if r.labels == "labelsTr")
         return {
             "name": self.name,
             "description": self.description,
             "channel_names": {"0": "CT"},
             "labels": self.schema.to_labels_dict(),
-            "numTraining": n_train if n_train else len(self.records),
+            **nnunet_training_fields(self.records),
             "file_ending": FILE_ENDING,
             "styleseg": {
                 "format_version": FORMAT_VERSION,
@@ -288,7 +309,7 @@ def subset_dataset(src: str | Path, cases: Sequence[str], out: str | Path, name:
         raise InputError(out, "output already exists", "choose another output or remove it first")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "imagesTr").mkdir()
-        recs: dict[str, Any] = {}
+        recs: dict[str, CaseRecord] = {}
         for rec in recs_in:
             cid = rec.case_id
             shutil.copy2(ds.existing_image(cid), tmp / "imagesTr" / ds.image_path(cid).name)
@@ -297,13 +318,14 @@ def subset_dataset(src: str | Path, cases: Sequence[str], out: str | Path, name:
                 role = label_role or rec.labels
                 (tmp / role).mkdir(exist_ok=True)
                 shutil.copy2(ds.existing_label(cid), tmp / role / f"{cid}{ds.file_ending}")  # type: ignore[arg-type]
-            recs[cid] = CaseRecord(cid, role, rec.annotated, rec.derived, dict(rec.extras)).to_json()
+            recs[cid] = CaseRecord(cid, role, rec.annotated, rec.derived, dict(rec.extras))
         js = dict(ds.json)
         js["name"] = name or f"{ds.name}-subset"
-        js["numTraining"] = sum(1 for r in recs.values() if r["labels"] == "labelsTr") or len(recs)
+        js.pop("dataset", None)  # the source's list of training cases is not this subset's
+        js.update(nnunet_training_fields(recs, ds.file_ending))
         ext = dict(js.get("styleseg", {}))
         ext["meta"] = {**ds.meta, **dict(meta or {}), "subset_of": str(Path(src).resolve())}
-        ext["cases"] = recs
+        ext["cases"] = {k: r.to_json() for k, r in recs.items()}
         ext.setdefault("format_version", FORMAT_VERSION)
         js["styleseg"] = ext
         write_json(tmp / DATASET_JSON, js)

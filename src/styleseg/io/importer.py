@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from styleseg.errors import InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.io.dataset import DatasetWriter, safe_case_id
 from styleseg.io.dicom import SKIP_NOT_CT, DicomHeader, DicomScan, iter_files, read_ct_series, scan_dicom
 from styleseg.io.integrity import check_hounsfield
@@ -256,6 +257,7 @@ def import_sources(sources: Sequence[Source], out: str | Path, schema: LabelSche
     """
     schema = schema or LabelSchema.default()
     out = Path(out)
+    check_output_folder(out, [s for s in sources if not isinstance(s, tuple)])
     report = ImportReport(out)
     if not sources:
         raise InputError(None, "no SOURCE given", "pass DICOM folders or NIfTI files")

@@ -111,7 +111,10 @@ def write_label_stream(reader: NiftiSliceReader, dest: str | Path, label_chunks:
     (atomically); returns the number of slices written. Fewer slices than the grid has is an error."""
     written = 0
     with atomic_path(dest) as tmp:
-        with gzip.open(tmp, "wb", compresslevel=1) as fout:
+        # no name and mtime 0 in the gzip header: the same labels give the same bytes (a resumed segmentation
+        # equals an uninterrupted one, byte for byte)
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=raw,
+                                                   mtime=0) as fout:
             head = io.BytesIO()
             reader.label_header().write_to(head)
             fout.write(head.getvalue().ljust(NIFTI1_HEADER_BYTES, b"\x00"))

@@ -18,7 +18,8 @@ import numpy as np
 
 #: the datasets an arm can train on, and the stage that makes each (besides data and split)
 TRAINING_DATASETS: dict[str, str | None] = {"source": None, "aug_separate": "augment",
-                                            "aug_conditional": "augment_cond", "oracle": "oracle_data"}
+                                            "aug_conditional": "augment_cond", "oracle": "oracle_data",
+                                            "physics": "physics_data"}
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,26 @@ class Arm:
     name: str
     title: str
     train_on: tuple[str, ...] = ("source",)
-    transform: str | None = None
+    transform: tuple[str, ...] = ()
     seg_changes: Mapping[str, Any] = field(default_factory=dict)
     reuses: str | None = None
     test_time: str | None = None
     role: str = ""
+    #: cyclic training (the paper's future work): this many rounds of pseudo-labelling the target's style pool
+    #: with the previous round's model and retraining on the training data plus the confident pseudo-labels,
+    #: starting from the model of ``reuses_rounds_from``
+    rounds: int = 0
+    rounds_from: str | None = None
 
     def __post_init__(self) -> None:
         bad = [d for d in self.train_on if d not in TRAINING_DATASETS]
         if bad:
             raise ValueError(f"arm {self.name}: unknown training dataset(s) {bad}")
-        if self.transform is not None and self.transform not in TRANSFORMS:
-            raise ValueError(f"arm {self.name}: unknown transform {self.transform!r}")
+        bad = [t for t in self.transform if t not in TRANSFORMS]
+        if bad:
+            raise ValueError(f"arm {self.name}: unknown transform(s) {bad}")
+        if self.rounds and not self.rounds_from:
+            raise ValueError(f"arm {self.name}: cyclic rounds need the arm they start from (rounds_from)")
         if self.test_time is not None and self.test_time not in TEST_TIME:
             raise ValueError(f"arm {self.name}: unknown test-time step {self.test_time!r}")
 
@@ -55,6 +64,13 @@ class Arm:
     def upstream(self) -> list[str]:
         """The stages its training reads from."""
         return ["data", "split"] + [s for d in self.train_on if (s := TRAINING_DATASETS[d]) is not None]
+
+    def build_transform(self, ctx: ArmContext) -> Callable | None:
+        """The arm's crop transform (its transforms in order), or None."""
+        steps = [TRANSFORMS[t](ctx) for t in self.transform]
+        if not steps:
+            return None
+        return steps[0] if len(steps) == 1 else Compose(tuple(steps))
 
 
 class ArmContext(Protocol):
@@ -90,6 +106,18 @@ def _denoiser(ctx: ArmContext) -> Callable:
     return tune_denoiser(ctx.pool_slices(), ctx.source_slices())
 
 
+@dataclass(frozen=True)
+class Compose:
+    """Crop transforms applied in order, each with the same generator (picklable, for DDP workers)."""
+
+    steps: tuple[Callable, ...]
+
+    def __call__(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for t in self.steps:
+            hu = t(hu, rng)
+        return hu
+
+
 #: training-crop transforms ``transform(hu_crop, rng) -> hu_crop``, by name
 TRANSFORMS: dict[str, Callable[[ArmContext], Callable]] = {"intensity": _intensity, "histmatch": _histmatch,
                                                            "fda": _fda}
@@ -97,15 +125,34 @@ TRANSFORMS: dict[str, Callable[[ArmContext], Callable]] = {"intensity": _intensi
 TEST_TIME: dict[str, Callable[[ArmContext], Callable]] = {"denoise": _denoiser}
 
 
+#: the strong reference recipe: position channels (a crop knows where it is) and nnU-Net's intensity augmentation
+REFERENCE = {"seg_changes": {"position": True}, "transform": ("intensity",)}
+
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("baseline", "U-Net 1: source only (baseline)", role="baseline"),
-    Arm("intensity", "intensity augmentation (nnU-Net-like)", transform="intensity"),
-    Arm("histmatch", "histogram matching to target", transform="histmatch"),
-    Arm("fda", "Fourier domain adaptation", transform="fda"),
+    Arm("intensity", "intensity augmentation (nnU-Net-like)", transform=("intensity",)),
+    Arm("histmatch", "histogram matching to target", transform=("histmatch",)),
+    Arm("fda", "Fourier domain adaptation", transform=("fda",)),
     Arm("styleseg", "U-Net 2: styleseg, n separate generators", train_on=("aug_separate",)),
     Arm("styleseg_cond", "styleseg, one conditional generator", train_on=("aug_conditional",)),
     Arm("oracle", "oracle: source anatomy with true target texture", train_on=("oracle",), role="oracle"),
     Arm("denoise", "denoise target, then baseline", reuses="baseline", test_time="denoise"),
     Arm("lowres", "low resolution (4x downsampled)", seg_changes={"downsample": 4}),
     Arm("position", "source only, U-Net with position channels", seg_changes={"position": True}),
+    # the strong reference and the augmentation arms layered on it
+    Arm("reference", "reference: source only, position channels + nnU-Net intensity augmentation", role="reference",
+        **REFERENCE),
+    Arm("styleseg_ref", "styleseg (separate generators) on the reference recipe", train_on=("aug_separate",),
+        **REFERENCE),
+    Arm("styleseg_cond_ref", "styleseg (conditional generator) on the reference recipe",
+        train_on=("aug_conditional",), **REFERENCE),
+    Arm("consistency_ref", "styleseg + paired consistency of source and restyled crops, on the reference recipe",
+        train_on=("aug_separate",), transform=("intensity",),
+        seg_changes={"position": True, "consistency_weight": 1.0}),
+    Arm("cyclic_ref", "styleseg + cyclic pseudo-labels of the target (2 rounds), on the reference recipe",
+        train_on=("aug_separate",), rounds=2, rounds_from="styleseg_ref", **REFERENCE),
+    Arm("physics_ref", "physics randomisation: source re-imaged at random doses and kernels, on the reference",
+        train_on=("physics",), **REFERENCE),
+    Arm("oracle_ref", "oracle (true target texture) on the reference recipe", train_on=("oracle",), role="oracle",
+        **REFERENCE),
 )}

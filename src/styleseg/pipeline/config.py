@@ -94,6 +94,14 @@ class ExperimentConfig:
     arms: tuple[str, ...] = ALL_ARMS
     n_styles: int = 4
     style_slices: tuple[str, ...] = ()  # manual "CASE:SLICE" list instead of automatic selection
+    #: training seeds: every trained arm runs once per seed (empty: ``seed`` alone); the report gives means with
+    #: CIs over seeds and cases and each arm's paired difference to ``reference``
+    seeds: tuple[int, ...] = ()
+    #: the arm every other arm is compared with over seeds (None: "reference" if it runs, else "baseline")
+    reference: str | None = None
+    #: U-Nets trained at the same time, each in a worker process (1: one after another, here); with as many
+    #: jobs as cores each worker uses one thread, which on a small CPU beats one process with several threads
+    jobs: int = 1
     #: the benchmark's own preset (None: the experiment's)
     benchmark_preset: str | None = None
     benchmark: BenchmarkConfig | None = None
@@ -113,11 +121,18 @@ class ExperimentConfig:
             hints = [f"{b!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(b, ALL_ARMS, 1))
                                  else "") for b in bad]
             raise ConfigError(f"arms: unknown arm {', '.join(hints)}; choose from {', '.join(ALL_ARMS)}")
-        if "baseline" not in self.arms:
-            raise ConfigError("arms: 'baseline' is required (every arm is compared against it)")
+        if self.reference is None and not {"baseline", "reference"} & set(self.arms):
+            raise ConfigError("arms: 'baseline' or 'reference' is required (every arm is compared against it)")
         for a in self.arms:
-            if ARMS[a].reuses and ARMS[a].reuses not in self.arms:
-                raise ConfigError(f"arms: {a!r} applies the model of {ARMS[a].reuses!r}; add that arm too")
+            for needs in (ARMS[a].reuses, ARMS[a].rounds_from):
+                if needs and needs not in self.arms:
+                    raise ConfigError(f"arms: {a!r} starts from the model of {needs!r}; add that arm too")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds {list(self.seeds)}: give distinct non-negative integers")
+        if self.jobs < 1:
+            raise ConfigError(f"jobs = {self.jobs}: the number of U-Nets trained at once must be >= 1")
+        if self.reference is not None and self.reference not in self.arms:
+            raise ConfigError(f"reference = {self.reference!r} is not one of the arms ({', '.join(self.arms)})")
         if self.n_styles < 1:
             raise ConfigError("n_styles must be >= 1")
         for s in self.style_slices:
@@ -149,6 +164,14 @@ class ExperimentConfig:
     def generator_config(self, **changes: Any) -> GeneratorConfig:
         assert self.generators is not None
         return self.generators.replace(**changes) if changes else self.generators
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
+
+    @property
+    def reference_arm(self) -> str:
+        return self.reference or ("reference" if "reference" in self.arms else "baseline")
 
     @property
     def needs_styles(self) -> bool:

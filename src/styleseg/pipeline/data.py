@@ -135,3 +135,80 @@ def pool_slices(dataset: Path, cases: list[str], per_case: int = 4) -> list[np.n
         idx = np.unique(np.linspace(z * 0.25, z * 0.75, per_case).astype(int).clip(0, z - 1))
         out.extend(arr[i].astype(np.float32) for i in idx)
     return out
+
+
+#: physics randomisation: the kernels and the dose range the source is re-imaged with (no knowledge of the target)
+PHYSICS_KERNELS = ("smooth", "standard", "sharp", "lung")
+PHYSICS_DOSE = (0.05, 1.0)
+
+
+def build_physics(source: Path, out: Path, versions: int, seed: int) -> None:
+    """Physics randomisation (beyond the paper; cf. FBPAug, Saparov et al. 2021): every source case re-imaged
+    ``versions`` times by the CT simulator, each with a random dose fraction (log-uniform in
+    :data:`PHYSICS_DOSE`) and reconstruction kernel (:data:`PHYSICS_KERNELS`), plus the case itself. The natural
+    competitor of a learned style: texture variety without looking at the target."""
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.sim.scanner import get_protocol, reimage
+
+    _clear(out)
+    ds = Dataset(source)
+    rng = np.random.default_rng([seed, 13])
+    drawn = []
+    with DatasetWriter(out, "physics randomisation: source re-imaged at random doses and kernels", ds.schema,
+                       meta={"physics": {"versions": versions, "kernels": list(PHYSICS_KERNELS),
+                                         "dose": list(PHYSICS_DOSE), "seed": seed}}) as w:
+        for rec in ds.labelled_cases():
+            img = ds.load_image(rec.case_id)
+            lab = ds.load_label(rec.case_id, img)
+            kept = {k: v for k, v in rec.extras.items() if k not in ("protocol", "protocol_params", "patient")}
+            w.add_case(rec.case_id, img, lab, annotated=rec.annotated, derived=rec.derived, patient=rec.patient,
+                       **kept)
+            for k in range(versions):
+                dose = float(np.exp(rng.uniform(*np.log(PHYSICS_DOSE))))
+                prot = get_protocol(dose_fraction=round(dose, 4), kernel=str(rng.choice(PHYSICS_KERNELS)))
+                hu = reimage(img.array.astype(np.float32), img.spacing[0], prot, rng, noise_free_input=False)
+                drawn.append(prot.name)
+                w.add_case(f"{rec.case_id}_p{k}", img.with_array(hu), lab, annotated=rec.annotated,
+                           derived=rec.derived, patient=rec.patient, protocol=prot.name,
+                           protocol_params=prot.to_json(), **kept)
+        w.meta["physics"]["protocols"] = drawn
+
+
+#: cyclic training: the share of the style pool's slices kept as pseudo-labels, the most confident first
+PSEUDO_KEEP = 0.5
+
+
+def build_pseudo_labels(model: Path, pool: Path, out: Path, predict_options: dict, keep: float = PSEUDO_KEEP,
+                        ) -> dict:
+    """One round of the paper's cyclic training (its future work): the model segments the target's style pool
+    (unlabelled target patients that are never tested), and the ``keep`` share of its slices it is most sure
+    of (mean winning-class probability over the pixels it labels) become training cases with those labels,
+    one single-slice case per slice. Returns what was kept, for the run's record."""
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.volume import Volume
+    from styleseg.seg.inputs import to_canonical
+    from styleseg.seg.predict import Predictor
+
+    _clear(out)
+    pred = Predictor(model, **predict_options)
+    ds = Dataset(pool)
+    slices = []
+    for rec in ds:
+        img = ds.load_image(rec.case_id)
+        flips = pred.check_geometry(img.spacing, img.direction, ds.image_path(rec.case_id))
+        conf = np.zeros(img.shape[0])
+        lab = to_canonical(pred.predict_array(to_canonical(np.asarray(img.array), flips), confidence=conf), flips)
+        slices += [(float(conf[z]), rec, img, lab, z) for z in range(img.shape[0]) if (lab[z] > 0).any()]
+    slices.sort(key=lambda t: -t[0])
+    chosen = slices[:max(1, int(round(keep * len(slices))))] if slices else []
+    record = {"slices": len(slices), "kept": len(chosen), "keep": keep,
+              "min_confidence": chosen[-1][0] if chosen else None,
+              "mean_confidence": float(np.mean([c[0] for c in chosen])) if chosen else None}
+    with DatasetWriter(out, "pseudo-labelled target slices (cyclic training)", ds.schema,
+                       meta={"pseudo_labels": {**record, "model": str(model)}}) as w:
+        for conf, rec, img, lab, z in chosen:
+            origin = tuple(float(v) for v in img.index_to_physical(np.array([[z, 0, 0]]))[0])
+            one = Volume(img.array[z:z + 1], img.spacing, origin, img.direction, dict(img.tags))
+            w.add_case(f"{rec.case_id}_z{z:03d}", one, one.with_array(lab[z:z + 1]), annotated=ds.schema.names,
+                       patient=rec.patient, pseudo_label={"confidence": round(conf, 4), "slice": z})
+    return record

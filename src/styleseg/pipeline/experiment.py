@@ -4,30 +4,36 @@
 :class:`~styleseg.pipeline.stages.StageRunner`, which skips a stage whose outputs exist for the same resolved
 config and upstream hashes, so ``styleseg run`` on a finished run does nothing and an interrupted run
 continues where it stopped (training stages resume from their full-state checkpoints). What each arm does is
-data (:mod:`styleseg.pipeline.arms`); this module only orders the stages.
+data (:mod:`styleseg.pipeline.arms`); this module and :mod:`styleseg.pipeline.arm_stages` only order stages.
 
 Run folder layout (``RUN/run.json`` is the contract with the report, :mod:`styleseg.eval.report.run_info`)::
 
     RUN/experiment.toml          the resolved configuration
-    RUN/run.json                 title, arms, roles, stage timings, the evaluation dataset (relative path)
+    RUN/run.json                 title, arms, roles, seeds, stage timings, the evaluation dataset (relative)
     RUN/stages/<stage>.json      finished-stage markers (config hash, seconds)
     RUN/data/source, target      the datasets (imported, simulated or built-in benchmark)
     RUN/data/target_pool         target patients reserved for style slices (never tested)
     RUN/data/target_test         the target test set (its labels are in labelsRef: evaluation only)
     RUN/styles/                  the style set (styles.json, slices, label maps, contact sheet)
     RUN/generators/separate/     one generator per style;  RUN/generators/conditional/: one for all
-    RUN/data/aug_separate, aug_conditional, oracle   the training datasets of the arms that need them
+    RUN/data/aug_separate, aug_conditional, oracle, physics   the training datasets of the arms that need them
     RUN/arms/<arm>/model/        segmentation model (+ train_log.jsonl)
     RUN/arms/<arm>/pred/         predictions on the target test set
     RUN/arms/<arm>/metrics.json  metrics (paired comparison against the baseline)
+    RUN/arms/<arm>/seed<s>/      the same for every further training seed s
+    RUN/seeds.json               per arm over seeds x cases: means with CIs, differences to the reference arm
     RUN/report.html
+
+Generated and randomised training data (generators, augmented and physics datasets) belong to a seed like the
+U-Nets trained on them (``_seed<s>`` suffixes for further seeds), so the spread over seeds holds their
+randomness too; the data, the split, the style slices and the oracle's data belong to the experiment.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,8 @@ import numpy as np
 from styleseg.config import dump_toml, hash_view, load_toml, to_dict
 from styleseg.io.atomic import write_json, write_text
 from styleseg.pipeline import data as pdata
-from styleseg.pipeline.arms import ARMS, TEST_TIME, TRANSFORMS, Arm
+from styleseg.pipeline.arm_stages import ArmStages
+from styleseg.pipeline.arms import ARMS, TEST_TIME
 from styleseg.pipeline.config import ExperimentConfig
 from styleseg.pipeline.stages import StageRunner
 
@@ -45,9 +52,10 @@ log = logging.getLogger("styleseg.pipeline")
 #: the stage and folder of each kind of generator
 GENERATORS = {False: ("generators", "separate", "augment", "aug_separate"),
               True: ("generators_cond", "conditional", "augment_cond", "aug_conditional")}
+PHYSICS_VERSIONS = 4
 
 
-class Experiment:
+class Experiment(ArmStages):
     """Runs an :class:`ExperimentConfig` in ``run_dir``; each ``stage_*`` method is one stage."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path,
@@ -57,9 +65,11 @@ class Experiment:
         self.run.mkdir(parents=True, exist_ok=True)
         self.stages = StageRunner(self.run, on_event)
         self.data_dir = self.run / "data"
+        self.seeds = cfg.training_seeds
         self.hashes: dict[str, str] = {}
-        self.datasets: dict[str, Path] = {"source": self.data_dir / "source"}
+        self.datasets: dict[tuple[str, int], Path] = {("source", s): self.data_dir / "source" for s in self.seeds}
         self.skipped_arms: dict[str, str] = {}
+        self.pending = []
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path],
@@ -75,14 +85,22 @@ class Experiment:
     def write_run_info(self) -> None:
         from styleseg.eval.report.run_info import ArmInfo, RunInfo
 
-        RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=[self.cfg.seed],
-                arms=[ArmInfo(a, ARMS[a].title, ARMS[a].role) for a in self.cfg.arms],
-                baseline="baseline", oracle="oracle" if "oracle" in self.cfg.arms else None,
-                target_ref="data/target_test", stages=self.stages.timings(),
+        arms = self.cfg.arms
+        ref_recipe = self.cfg.reference_arm != "baseline"  # the gap is measured against the oracle of the same recipe
+        oracle = next((a for a in (("oracle_ref", "oracle") if ref_recipe else ("oracle", "oracle_ref")) if a in arms),
+                      None)
+        RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=list(self.seeds),
+                arms=[ArmInfo(a, ARMS[a].title, ARMS[a].role) for a in arms], baseline=self.cfg.reference_arm,
+                oracle=oracle,
+                reference=self.cfg.reference_arm, target_ref="data/target_test", stages=self.stages.timings(),
                 config=self.cfg.resolved()).write(self.run)
 
     def pool_cases(self) -> list[str]:
         return json.loads((self.run / "split.json").read_text())["style_pool"]
+
+    def _seeded(self, path: Path, seed: int) -> Path:
+        """The folder of a seed's generated data: ``path`` for the first seed, ``path_seed<s>`` for the others."""
+        return path if seed == self.seeds[0] else path.with_name(f"{path.name}_seed{seed}")
 
     # -- the ArmContext of transform builders ------------------------------------------------------
     def pool_slices(self) -> list[np.ndarray]:
@@ -91,7 +109,7 @@ class Experiment:
     def source_slices(self) -> list[np.ndarray]:
         from styleseg.io.dataset import Dataset
 
-        src = self.datasets["source"]
+        src = self.data_dir / "source"
         return pdata.pool_slices(src, [r.case_id for r in Dataset(src)][:4])
 
     # -- data ----------------------------------------------------------------------------------
@@ -134,9 +152,18 @@ class Experiment:
             log.warning("oracle arm skipped: the target records no scanner protocol to re-image the source with")
             return False
         self._stage("oracle_data", {"protocols": protocols, "seed": self.cfg.seed}, ["data"], [out],
-                    lambda stale: pdata.build_oracle(self.datasets["source"], out, protocols, self.cfg.seed))
-        self.datasets["oracle"] = out
+                    lambda stale: pdata.build_oracle(self.data_dir / "source", out, protocols, self.cfg.seed))
+        for s in self.seeds:
+            self.datasets[("oracle", s)] = out
+            if s != self.seeds[0]:
+                self.hashes[self.stage_name("oracle_data", s)] = self.hashes["oracle_data"]
         return True
+
+    def stage_physics_data(self, seed: int) -> None:
+        out = self._seeded(self.data_dir / "physics", seed)
+        self._stage(self.stage_name("physics_data", seed), {"versions": PHYSICS_VERSIONS, "seed": seed}, ["data"],
+                    [out], lambda stale: pdata.build_physics(self.data_dir / "source", out, PHYSICS_VERSIONS, seed))
+        self.datasets[("physics", seed)] = out
 
     # -- styles, generators, augmentation -------------------------------------------------------
     def stage_styles(self) -> None:
@@ -153,10 +180,10 @@ class Experiment:
                                "select": to_dict(self.cfg.select), "seed": self.cfg.seed},
                     ["split"], [out / "styles.json"], build)
 
-    def stage_generators(self, conditional: bool) -> Path:
+    def stage_generators(self, conditional: bool, seed: int) -> Path:
         name, folder, _, _ = GENERATORS[conditional]
-        out = self.run / "generators" / folder
-        gcfg = self.cfg.generator_config(conditional=conditional)
+        out = self._seeded(self.run / "generators" / folder, seed)
+        gcfg = self.cfg.generator_config(conditional=conditional, seed=seed)
 
         def build(stale: bool) -> None:
             from styleseg.errors import CheckpointMismatch
@@ -165,25 +192,26 @@ class Experiment:
             if stale:
                 pdata._clear(out)
             try:
-                train_generators(self.datasets["source"], self.run / "styles", out, gcfg, resume=True)
+                train_generators(self.data_dir / "source", self.run / "styles", out, gcfg, resume=True)
             except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
                 log.info("%s: a checkpoint there is from another configuration; training from scratch", out)
                 pdata._clear(out)
-                train_generators(self.datasets["source"], self.run / "styles", out, gcfg, resume=False)
-        self._stage(name, hash_view(gcfg), ["data", "styles"], [out], build)
+                train_generators(self.data_dir / "source", self.run / "styles", out, gcfg, resume=False)
+        self._stage(self.stage_name(name, seed), hash_view(gcfg), ["data", "styles"], [out], build)
         return out
 
-    def stage_augment(self, conditional: bool, generators: Path) -> None:
+    def stage_augment(self, conditional: bool, generators: Path, seed: int) -> None:
         gen_stage, _, name, dataset = GENERATORS[conditional]
-        out = self.data_dir / dataset
+        out = self._seeded(self.data_dir / dataset, seed)
 
         def build(stale: bool) -> None:
             from styleseg.style.augment import augment
 
             pdata._clear(out)
-            augment(self.datasets["source"], generators, out, seed=self.cfg.seed)
-        self._stage(name, {"seed": self.cfg.seed}, ["data", gen_stage], [out], build)
-        self.datasets[dataset] = out
+            augment(self.data_dir / "source", generators, out, seed=seed)
+        self._stage(self.stage_name(name, seed), {"seed": seed}, ["data", self.stage_name(gen_stage, seed)], [out],
+                    build)
+        self.datasets[(dataset, seed)] = out
 
     def stage_figures(self, generators: Path) -> None:
         """The paper's Fig. 2 (style slices x source label maps -> generated slices) and the contact sheet."""
@@ -193,10 +221,10 @@ class Experiment:
             import shutil
 
             from styleseg.io.dataset import Dataset
-            from styleseg.style.augment import style_grid_figure
+            from styleseg.style.figures import style_grid_figure
 
             figs.mkdir(parents=True, exist_ok=True)
-            ds = Dataset(self.datasets["source"])
+            ds = Dataset(self.data_dir / "source")
             labels, sources = [], []
             for rec in ds.labelled_cases()[:3]:
                 lab = ds.load_label(rec.case_id).array
@@ -214,93 +242,10 @@ class Experiment:
                            "texture descriptors) with their cluster sizes and scanner/protocol tags.")
         self._stage("figures", {"seed": self.cfg.seed}, ["styles", "generators"], [figs / "style_grid.png"], build)
 
-    # -- arms ----------------------------------------------------------------------------------
-    def stage_train_arm(self, arm: Arm) -> Path:
-        out = self.run / "arms" / arm.name / "model"
-        scfg = self.cfg.seg_config(**arm.seg_changes)
-        datasets = [self.datasets[d] for d in arm.train_on]
-        transform = TRANSFORMS[arm.transform] if arm.transform else None
-
-        def build(stale: bool) -> None:
-            from styleseg.errors import CheckpointMismatch
-            from styleseg.seg.train import train_segmentation
-
-            if stale:
-                pdata._clear(out)
-            extra = transform(self) if transform else None
-            try:
-                train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(), extra_transform=extra)
-            except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
-                log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
-                pdata._clear(out)
-                train_segmentation(datasets, out, scfg, resume=False, extra_transform=extra)
-        self._stage(f"train_{arm.name}", {"seg": hash_view(scfg), "arm": arm.name}, arm.upstream(),
-                    [out / "model.json"], build)
-        return out
-
-    def predict_options(self) -> dict[str, Any]:
-        """bf16 + channels-last inference (oneDNN/AMX on CPU, tensor cores on GPU) for bf16-trained models."""
-        bf16 = self.cfg.seg_config().amp == "bf16"
-        return {"dtype": "bfloat16" if bf16 else "float32", "channels_last": bf16}
-
-    def stage_predict_arm(self, arm: Arm) -> None:
-        pred = self.run / "arms" / arm.name / "pred"
-        model = self.run / "arms" / arm.model_arm / "model"
-
-        def build(stale: bool) -> None:
-            import hashlib
-
-            from styleseg.seg.segment import segment
-
-            # `--continue` may only reuse outputs of THIS model (an interrupted prediction): outputs of an
-            # earlier model (the arm was retrained) are removed first. The model is identified by its weights.
-            ident = hashlib.sha1((model / "weights.pt").read_bytes()).hexdigest()
-            stamp = pred / ".model_sha1"
-            if pred.exists() and (not stamp.exists() or stamp.read_text().strip() != ident):
-                pdata._clear(pred)
-            pred.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(ident + "\n")
-            inputs = self.data_dir / "target_test"
-            if arm.test_time:
-                inputs = self._test_time_inputs(arm)
-            segment([inputs], model, pred, continue_=True, **self.predict_options())
-        self._stage(f"predict_{arm.name}", {"arm": arm.name}, [f"train_{arm.model_arm}"], [pred], build)
-
-    def _test_time_inputs(self, arm: Arm) -> Path:
-        """The test set after the arm's test-time step (e.g. denoised to the source's noise level)."""
-        from styleseg.io.dataset import Dataset, DatasetWriter
-
-        assert arm.test_time is not None
-        out = self.data_dir / f"target_test_{arm.test_time}"
-        pdata._clear(out)
-        step = TEST_TIME[arm.test_time](self)
-        ds = Dataset(self.data_dir / "target_test")
-        record = {k: getattr(step, k) for k in ("method", "strength", "reference_std") if hasattr(step, k)}
-        with DatasetWriter(out, f"target test set, {arm.test_time}", ds.schema, meta={arm.test_time: record}) as w:
-            for rec in ds:
-                img = ds.load_image(rec.case_id)
-                w.add_case(rec.case_id, img.with_array(np.stack([step(s.astype(np.float32)) for s in img.array])),
-                           None, **rec.extras)
-        write_json(self.run / "arms" / arm.name / f"{arm.test_time}.json", record)
-        return out
-
-    def stage_evaluate_arm(self, arm: Arm) -> None:
-        out = self.run / "arms" / arm.name / "metrics.json"
-        ev = self.cfg.evaluate
-        assert ev is not None
-
-        def build(stale: bool) -> None:
-            from styleseg.eval.evaluate import evaluate
-
-            compare = None if arm.name == "baseline" else self.run / "arms" / "baseline" / "pred"
-            evaluate(self.run / "arms" / arm.name / "pred", self.data_dir / "target_test", out=out, compare=compare,
-                     n_boot=ev.n_boot, seed=ev.seed, with_hd95=ev.hd95)
-        upstream = [f"predict_{arm.name}"] + (["predict_baseline"] if arm.name != "baseline" else [])
-        changed = {k: v for k, v in to_dict(ev).items() if to_dict(type(ev)())[k] != v}
-        self._stage(f"evaluate_{arm.name}", {"arm": arm.name, **changed}, upstream, [out], build)
-
+    # -- across arms and seeds --------------------------------------------------------------------
     def stage_agreement(self) -> None:
-        """Texture robustness without labels: Dice between each arm's predictions on the two scans of a pair."""
+        """Texture robustness without labels: Dice between each arm's predictions on the two scans of a pair, per
+        seed (``arms``: the first seed, ``seeds``: every seed)."""
         pairs = self.cfg.data.agreement_pairs
         out = self.run / "agreement.json"
 
@@ -309,20 +254,57 @@ class Experiment:
             from styleseg.io.dataset import Dataset
             from styleseg.seg.predict import Predictor
 
-            schema = Dataset(self.datasets["source"]).schema
-            result: dict[str, Any] = {"pairs": [list(p) for p in pairs], "arms": {}}
+            schema = Dataset(self.data_dir / "source").schema
+            result: dict[str, Any] = {"pairs": [list(p) for p in pairs], "arms": {}, "seeds": {}}
             for name in self.cfg.arms:
                 arm = ARMS[name]
-                model = self.run / "arms" / arm.model_arm / "model"
-                if not (model / "model.json").exists():
-                    continue
-                pred = Predictor(model, **self.predict_options())
                 step = TEST_TIME[arm.test_time](self) if arm.test_time else None
-                res = pair_agreement(lambda v, p=pred: p.predict_volume(v).array, pairs, schema, step)
-                result["arms"][name] = res["mean"]
+                for seed in self.seeds:
+                    model = self.arm_dir(arm.model_arm, seed) / "model"
+                    if not (model / "model.json").exists():
+                        continue
+                    pred = Predictor(model, **self.predict_options())
+                    res = pair_agreement(lambda v, p=pred: p.predict_volume(v).array, pairs, schema, step)
+                    result["seeds"].setdefault(name, {})[str(seed)] = res["mean"]
+                    if seed == self.seeds[0]:
+                        result["arms"][name] = res["mean"]
             write_json(out, result)
-        upstream = [f"train_{a}" for a in self.cfg.arms if f"train_{a}" in self.hashes]
-        self._stage("agreement", {"pairs": [list(p) for p in pairs]}, upstream, [out], build)
+        upstream = [s for s in self.hashes if s.startswith("train_")]
+        self._stage("agreement", {"pairs": [list(p) for p in pairs], "seeds": list(self.seeds)}, sorted(upstream),
+                    [out], build)
+
+    def stage_seed_summary(self) -> None:
+        """Per arm over seeds x cases: means with 95% CIs and the paired difference to the reference arm."""
+        from styleseg.eval.seeds import compare_seeds, convergence, summarise_seeds
+
+        out = self.run / "seeds.json"
+        ev = self.cfg.evaluate
+        ref = self.cfg.reference_arm
+
+        def per_seed(name: str) -> list[dict]:
+            return [json.loads((self.arm_dir(name, s) / "metrics.json").read_text()) for s in self.seeds
+                    if (self.arm_dir(name, s) / "metrics.json").exists()]
+
+        def build(stale: bool) -> None:
+            from styleseg.eval.report.run_folder import read_jsonl
+
+            arms: dict[str, Any] = {}
+            ref_metrics = per_seed(ref)
+            for name in self.cfg.arms:
+                ms = per_seed(name)
+                if not ms:
+                    continue
+                structures = list(ms[0]["mean"])
+                entry: dict[str, Any] = {"seeds": len(ms), "mean": summarise_seeds(ms, structures, ev.n_boot, ev.seed)}
+                if name != ref and ref_metrics:
+                    entry["vs_reference"] = compare_seeds(ms, ref_metrics, structures, ev.n_boot, ev.seed)
+                logs = [self.arm_dir(ARMS[name].model_arm, s) / "model" / "train_log.jsonl" for s in self.seeds]
+                entry["convergence"] = [convergence(read_jsonl(p)[0]) for p in logs if p.exists()]
+                arms[name] = entry
+            write_json(out, {"seeds": list(self.seeds), "reference": ref, "arms": arms})
+        upstream = sorted(s for s in self.hashes if s.startswith("evaluate_"))
+        self._stage("seed_summary", {"seeds": list(self.seeds), "reference": ref, "n_boot": ev.n_boot}, upstream,
+                    [out], build)
 
     def stage_report(self) -> Path:
         out = self.run / "report.html"
@@ -332,40 +314,45 @@ class Experiment:
 
             self.write_run_info()
             write_report(self.run, out)
-        upstream = [f"evaluate_{a}" for a in self.cfg.arms if f"evaluate_{a}" in self.hashes]
-        self._stage("report", {"arms": list(self.cfg.arms)}, upstream, [out], build)
+        upstream = sorted(s for s in self.hashes if s.startswith(("evaluate_", "seed_summary")))
+        self._stage("report", {"arms": list(self.cfg.arms), "seeds": list(self.seeds)}, upstream, [out], build)
         return out
 
     # -- everything ----------------------------------------------------------------------------
+    def _training_data(self, needed: set[str]) -> None:
+        if self.cfg.needs_styles:
+            self.stage_styles()
+        for seed in self.seeds:
+            for conditional in (False, True):
+                if GENERATORS[conditional][3] in needed:
+                    gens = self.stage_generators(conditional, seed)
+                    self.stage_augment(conditional, gens, seed)
+                    if not conditional and seed == self.seeds[0]:
+                        self.stage_figures(gens)
+            if "physics" in needed:
+                self.stage_physics_data(seed)
+
     def run_all(self) -> dict[str, Any]:
         write_text(self.run / "experiment.toml", dump_toml(self.cfg.resolved()))
         arms = [ARMS[a] for a in self.cfg.arms]
         needed = {d for a in arms for d in a.train_on}
         self.stage_data()
         self.stage_split()
-        if self.cfg.needs_styles:
-            self.stage_styles()
-            for conditional in (False, True):
-                if GENERATORS[conditional][3] in needed:
-                    gens = self.stage_generators(conditional)
-                    self.stage_augment(conditional, gens)
-                    if not conditional:
-                        self.stage_figures(gens)
+        self._training_data(needed)
         if "oracle" in needed and not self.stage_oracle_data():
             self.skipped_arms.update({a.name: "no target protocol recorded to build the oracle" for a in arms
                                       if "oracle" in a.train_on})
         ready = [a for a in arms if a.name not in self.skipped_arms]
-        for arm in ready:
-            if arm.trains:
-                self.stage_train_arm(arm)
-                self.stage_predict_arm(arm)
-        for arm in ready:
-            if not arm.trains:
-                self.stage_predict_arm(arm)
-        for arm in ready:
-            self.stage_evaluate_arm(arm)
+        self._train_all(ready)
+        for seed in self.seeds:
+            for arm in ready:
+                self.stage_predict_arm(arm, seed)
+            for arm in ready:
+                self.stage_evaluate_arm(arm, seed)
         if self.cfg.data.agreement_pairs:
             self.stage_agreement()
+        if len(self.seeds) > 1:
+            self.stage_seed_summary()
         report = self.stage_report()
         return {"report": str(report), "skipped_arms": self.skipped_arms, "timings": self.stages.timings(),
                 "all_skipped": all(r.skipped for r in self.stages.results)}
@@ -382,30 +369,3 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path,
             log.info("run folder %s held experiment %r; stages whose config changed will re-run", run_dir,
                      old.get("name"))
     return Experiment(cfg, run_dir, on_event).run_all()
-
-
-def results_table(run_dir: str | Path, structures: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Rows (arm, mean Dice per structure, pixel accuracy) from each arm's metrics.json."""
-    from styleseg.eval.report.run_info import RunInfo
-
-    run_dir = Path(run_dir)
-    rows = []
-    for arm in [a.name for a in RunInfo.read(run_dir).arms]:
-        p = run_dir / "arms" / arm / "metrics.json"
-        if not p.exists():
-            continue
-        m = json.loads(p.read_text())
-        row: dict[str, Any] = {"arm": arm}
-        for s, d in m.get("mean", {}).items():
-            if structures and s not in structures:
-                continue
-            dice = d.get("dice", {})
-            if isinstance(dice, Mapping) and dice.get("mean") is not None:
-                row[s] = dice["mean"]
-        pa = m.get("pixel_accuracy", {})
-        if isinstance(pa, Mapping):
-            v = pa.get("all", pa)
-            if isinstance(v, Mapping) and v.get("mean") is not None:
-                row["pixel_acc"] = v["mean"]
-        rows.append(row)
-    return rows

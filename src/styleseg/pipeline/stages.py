@@ -55,9 +55,14 @@ class StageRunner:
             return False
         return rec.get("hash") == h and all(Path(p).exists() for p in outputs)
 
+    def up_to_date(self, name: str, cfg: Any, upstream: Sequence[str], outputs: Sequence[Path]) -> bool:
+        """Whether ``run`` would skip the stage."""
+        return self.done(name, config_hash(cfg, extra=list(upstream)), outputs)
+
     def run(self, name: str, cfg: Any, upstream: Sequence[str], outputs: Sequence[Path],
             fn: Callable[[], Any]) -> StageResult:
-        """Run ``fn`` unless stage ``name`` finished before with the same config and upstream hashes."""
+        """Run ``fn`` unless stage ``name`` finished before with the same config and upstream hashes (``fn`` may
+        return its own duration in seconds, as a float, when its work ran elsewhere)."""
         h = config_hash(cfg, extra=list(upstream))
         if self.done(name, h, outputs):
             prev = json.loads(self.marker(name).read_text())
@@ -70,8 +75,9 @@ class StageRunner:
         self.on_event(name, "started")
         log.debug("stage %-14s running (hash %s)", name, h)
         t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
+        ret = fn()
+        # a stage whose work ran elsewhere (a worker process) reports its own duration
+        dt = float(ret) if isinstance(ret, float) else time.perf_counter() - t0
         missing = [str(p) for p in outputs if not Path(p).exists()]
         if missing:
             raise RuntimeError(f"stage {name} finished but did not produce {missing}")

@@ -32,6 +32,8 @@ class TrainCase:
     label: np.ndarray  # (z, H, W) uint8
     annotated: np.ndarray  # (num_classes,) bool
     spacing: tuple[float, float]
+    origin: str = ""  # the source case a generated case was made from (itself for an original)
+    generated: bool = False  # a generated (restyled) version of ``origin``, same geometry and labels
 
 
 def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[TrainCase], Any]:
@@ -68,7 +70,11 @@ def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[Trai
                 if n in ds.schema.names:
                     ann[ds.schema.value(n)] = True
             key = f"{ds.name}/{rec.case_id}" if multi else rec.case_id
-            cases.append(TrainCase(key, rec.patient, arr, lab_arr, ann, (img.spacing[0], img.spacing[1])))
+            prov = rec.extras.get("provenance") if isinstance(rec.extras.get("provenance"), dict) else {}
+            origin = f"{ds.name}/{prov.get('source_case') or rec.case_id}" if multi else \
+                str(prov.get("source_case") or rec.case_id)
+            cases.append(TrainCase(key, rec.patient, arr, lab_arr, ann, (img.spacing[0], img.spacing[1]), origin,
+                                   prov.get("style") is not None))
     if not cases:
         raise InputError(datasets[0] if datasets else None, "no case with training labels (labelsTr)",
                          "train on an annotated dataset (import one with `styleseg import`)")
@@ -112,6 +118,7 @@ class Batcher:
         self.augment = augment
         self.extra = extra_transform
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._fg: dict[tuple[int, int], list] = {}
 
     def sample(self, ci: int, z: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """One augmented sample: (C, crop, crop) float32 input channels (HU, then positions) and its labels."""
@@ -120,10 +127,15 @@ class Batcher:
         srng = np.random.default_rng(seed)
         stack = case.image[np.clip(np.arange(z - k, z + k + 1), 0, case.image.shape[0] - 1)] if k else case.image[z]
         coords = None
+        fg = self._fg.get((ci, z))
+        if fg is None and hasattr(self.augment, "fg"):  # organ pixels of the slice, found once
+            from styleseg.data.transforms import ForegroundIndex
+
+            fg = self._fg[(ci, z)] = ForegroundIndex(case.label[z], self.augment.fg)
         if self.frames is not None:
-            hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True)
+            hu, lab, coords = self.augment(stack, case.label[z], srng, return_coords=True, fg=fg)
         else:
-            hu, lab = self.augment(stack, case.label[z], srng)
+            hu, lab = self.augment(stack, case.label[z], srng, fg=fg)
         if k:
             if self.extra is not None:  # the same random draw for every slice of the stack
                 state = srng.bit_generator.state
@@ -151,6 +163,52 @@ class Batcher:
             anns.append(self.cases[ci].annotated)
         return (torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(labs).astype(np.int64)),
                 torch.from_numpy(np.stack(anns)))
+
+
+class PairBatcher(Batcher):
+    """Batches of (source slice, one of its restyled versions) pairs with the same crop and augmentation, for
+    the paired consistency term (F-Consistency, Shimovolos et al. 2022): the first half of a batch are source
+    crops, the second half the same crops of a random generated version of the same slice. Generated cases
+    share their source's geometry (``styleseg augment`` keeps it), so one seed draws the same crop for both."""
+
+    def __init__(self, cases: list[TrainCase], augment: Any, spec: InputSpec, seed: int,
+                 extra_transform: Callable | None = None):
+        super().__init__(cases, augment, spec, seed, extra_transform)
+        by_key = {c.key: i for i, c in enumerate(cases)}
+        versions: dict[int, list[int]] = {}
+        for i, c in enumerate(cases):
+            if c.generated and c.origin in by_key:
+                versions.setdefault(by_key[c.origin], []).append(i)
+        self.versions = versions
+        originals = sorted(versions)
+        if not originals:
+            raise ConfigError("the consistency term needs generated versions of the training cases (train on an "
+                              "augmented dataset from `styleseg augment`)")
+        self.index = np.array([(ci, z) for ci in originals for z in range(cases[ci].image.shape[0])], int)
+
+    def next(self, batch_size: int, rank: int = 0, world: int = 1):
+        import torch
+
+        if batch_size % 2 or world > 1:
+            raise ConfigError("paired consistency batches need an even batch size and one process")
+        half = batch_size // 2
+        pick = self.rng.integers(len(self.index), size=half)
+        seeds = self.rng.integers(2**63 - 1, size=half)
+        alt = self.rng.random(size=half)
+        first, second, labs, anns = [], [], [], []
+        for j in range(half):
+            ci, z = (int(v) for v in self.index[pick[j]])
+            gi = self.versions[ci][int(alt[j] * len(self.versions[ci]))]
+            a, lab = self.sample(ci, z, int(seeds[j]))
+            b, lab_b = self.sample(gi, z, int(seeds[j]))
+            first.append(a)
+            second.append(b)
+            labs += [lab, lab_b]
+            anns += [self.cases[ci].annotated, self.cases[gi].annotated]
+        x = np.stack(first + second)
+        lab_arr = np.stack(labs[0::2] + labs[1::2]).astype(np.int64)
+        ann_arr = np.stack(anns[0::2] + anns[1::2])
+        return torch.from_numpy(x), torch.from_numpy(lab_arr), torch.from_numpy(ann_arr)
 
 
 def _rng_at(state: dict[str, Any]) -> np.random.Generator:

@@ -45,13 +45,15 @@ log = logging.getLogger("styleseg.seg.predict")
 def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multiple: int,
                  device: torch.device | str = "cpu", batch_size: int = 8, dtype: str = "float32",
                  channels_last: bool = False, before: np.ndarray | None = None,
-                 after: np.ndarray | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+                 after: np.ndarray | None = None, size: tuple[int, int] | None = None,
+                 confidence: np.ndarray | None = None) -> np.ndarray:
     """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid, encoded as ``spec`` says.
     A 2.5D model reads ``before``/``after``, the neighbouring slices outside ``hu``
     (:func:`~styleseg.seg.inputs.context_stack`); position channels are computed in each slice's body frame,
     found on the (downsampled) slice as in training. ``size``: the (H, W) the slices are resampled to for the
     network (the model's training spacing, :mod:`styleseg.seg.resample`); the logits come back to the input
-    grid before the argmax."""
+    grid before the argmax. ``confidence`` (an (N,) array), when given, receives each slice's mean
+    winning-class probability over the pixels it labels as a structure (1 when it labels none)."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     k = spec.context
@@ -79,6 +81,11 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
         if tuple(logits.shape[-2:]) != (h, w):
             logits = resample_logits(logits, (h, w))
         out[i:j] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        if confidence is not None:
+            top = torch.softmax(logits, 1).amax(1)  # (n, h, w)
+            fg = torch.from_numpy(out[i:j] > 0).to(top.device)
+            confidence[i:j] = torch.where(fg.flatten(1).any(1), (top * fg).flatten(1).sum(1) /
+                                          fg.flatten(1).sum(1).clamp_min(1), torch.ones(j - i)).cpu().numpy()
     return out
 
 
@@ -141,16 +148,18 @@ class Predictor:
         return network_size(shape_hw, spacing, self.train_spacing)
 
     def predict_array(self, hu: np.ndarray, before: np.ndarray | None = None,
-                      after: np.ndarray | None = None, spacing: Sequence[float] | None = None) -> np.ndarray:
+                      after: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+                      confidence: np.ndarray | None = None) -> np.ndarray:
         """HU slices (N, H, W) in canonical orientation, consecutive slices of one volume -> uint8 labels
         (N, H, W). A 2.5D model (``context`` > 0) also reads ``before``/``after``, the neighbouring slices
         outside ``hu`` (none: ``hu`` starts/ends the volume). ``spacing`` (x, y mm): the slices' pixel spacing,
-        for resampling to the training spacing (None: used as they are)."""
+        for resampling to the training spacing (None: used as they are); ``confidence``: see :func:`infer_slices`."""
         hu = np.asarray(hu)
         if hu.ndim == 2:
             hu = hu[None]
         return infer_slices(self.model, hu, self.inputs, 2**self.spec.depth, self.device, self.batch_size,
-                            self.dtype, self.channels_last, before, after, self.network_size(hu.shape[-2:], spacing))
+                            self.dtype, self.channels_last, before, after,
+                            self.network_size(hu.shape[-2:], spacing), confidence)
 
     def predict_chunks(self, chunks: Iterable[np.ndarray],
                        spacing: Sequence[float] | None = None) -> Iterator[np.ndarray]:

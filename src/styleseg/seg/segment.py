@@ -14,6 +14,7 @@ imported from DICOM (their ``source_files`` extras), if those files are still th
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.seg.inputs import to_canonical
 from styleseg.seg.predict import Predictor
 
@@ -45,6 +47,10 @@ class SegmentReport:
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "done": self.done, "skipped": self.skipped, "failed": self.failed,
                 "slices": self.slices, "seconds": round(self.seconds, 2)}
+
+
+#: errors of the output side (disk full, read-only, quota): they stop a segmentation instead of failing each case
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 class InputCase(NamedTuple):
@@ -134,7 +140,13 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     cases = discover_inputs(inputs)
     mine = [c for i, c in enumerate(cases) if i % num_parts == part_id]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, inputs)  # before any work: never write into the data being read
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from styleseg.io.atomic import output_error
+
+        raise output_error(out, e) from e
     rep = SegmentReport(out)
     t0 = time.perf_counter()
     with _bar(progress, len(mine), f"segmenting (part {part_id + 1}/{num_parts})" if num_parts > 1
@@ -166,7 +178,19 @@ def _one(pred: Predictor, case: InputCase, out: Path, continue_: bool, dicom_seg
             rep.slices += segment_dicom(pred, case.path, dest, chunk_slices, dicom_seg, case.dicom_files or None)
         rep.done.append(case.case_id)
         log.debug("segmented %s -> %s", case.case_id, dest)
-    except (InputError, ValueError, OSError, EOFError, RuntimeError) as e:
+    except OSError as e:
+        if e.errno in OUTPUT_ERRNOS:  # the output side is broken: every further case would fail the same way
+            from styleseg.io.atomic import output_error
+
+            raise output_error(dest, e) from e
+        rep.failed[case.case_id] = str(e)
+        log.error("skipped %s: %s", case.case_id, e)
+    except InputError as e:
+        if e.problem.startswith("cannot write"):  # the output side is broken, see above
+            raise
+        rep.failed[case.case_id] = str(e)
+        log.error("skipped %s: %s", case.case_id, e)
+    except (ValueError, EOFError, RuntimeError) as e:
         rep.failed[case.case_id] = str(e)
         log.error("skipped %s: %s", case.case_id, e)
 
@@ -242,11 +266,17 @@ def segment_nifti_streaming(pred: Predictor, path: Path, dest: Path, chunk_slice
     nifti_stream`); the labels lie exactly on the input grid and appear at ``dest`` only when complete.
     ``dicom_files``: the DICOM slices the NIfTI was imported from; a DICOM SEG referencing them is written
     too (before the NIfTI, whose existence is what ``continue_`` trusts)."""
+    from styleseg.io.integrity import check_finite
     from styleseg.io.nifti_stream import NiftiSliceReader, write_label_stream
 
     reader = NiftiSliceReader(path)
     flips = pred.check_geometry(reader.spacing, reader.direction, path)
-    canonical = (to_canonical(c, flips) for c in reader.chunks(chunk_slices))
+
+    def checked(chunk: np.ndarray) -> np.ndarray:
+        check_finite(chunk, path)  # a NaN voxel would reach the network as a number
+        return to_canonical(chunk, flips)
+
+    canonical = (checked(c) for c in reader.chunks(chunk_slices))
     labels = (to_canonical(lab, flips) for lab in pred.predict_chunks(canonical, reader.spacing[:2]))
     if not dicom_files:
         return write_label_stream(reader, dest, labels)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -27,8 +26,10 @@ import numpy as np
 
 from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
-from styleseg.seg.data import Batcher, TrainCase, load_cases, patient_split
+from styleseg.io.atomic import check_output_folder
+from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, patient_split
 from styleseg.seg.inputs import InputSpec
+from styleseg.trainer import PolyLR, distributed_context, state_hash
 
 log = logging.getLogger("styleseg.seg.train")
 
@@ -74,6 +75,13 @@ class SegTrainConfig:
     # back), so a crop showing one lung knows which side it is on (beyond the paper). Off in the presets, which
     # keep the paper's U-Net for the comparison of arms; the pipeline's "position" arm turns it on
     position: bool = new_option(False)
+    # beyond the paper: weight of the paired consistency term (the mean squared difference of the softmax of a
+    # source crop and of the same crop of one of its restyled versions; seg.losses.consistency_loss), trained
+    # on an augmented dataset in paired batches (seg.data.PairBatcher); 0: off
+    consistency_weight: float = new_option(0.0)
+    # validate each epoch on at most this many evenly spaced slices of each validation case (0: every slice); on
+    # a CPU whole 512 x 512 volumes make validation cost as much as the epoch's training
+    val_slices: int = new_option(0)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -92,6 +100,10 @@ class SegTrainConfig:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
         if not 0.0 <= self.foreground_prob <= 1.0 or not 0.0 <= self.elastic_prob <= 1.0:
             raise ConfigError("train_seg.foreground_prob and elastic_prob must be in [0, 1]")
+        if self.val_slices < 0:
+            raise ConfigError(f"train_seg.val_slices must be >= 0 (0: every slice), got {self.val_slices}")
+        if self.consistency_weight < 0 or (self.consistency_weight > 0 and self.batch_size % 2):
+            raise ConfigError("train_seg.consistency_weight must be >= 0, and > 0 needs an even batch_size (pairs)")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError("train_seg: need 0 < scale_min <= scale_max")
         if self.crop % 2**self.depth:
@@ -115,31 +127,13 @@ class SegTrainConfig:
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _dist() -> tuple[int, int, bool]:
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _state_hash(sd: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: InputSpec, multiple: int,
-                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False) -> dict[str, float]:
+                    device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
+                    max_slices: int = 0) -> dict[str, float]:
     """Mean over validation cases of the 3D Dice per structure (cases that did not annotate a
     structure, or where it is absent from both reference and prediction, are skipped). The cases are held
-    already downsampled, so the prediction runs at their resolution."""
+    already downsampled, so the prediction runs at their resolution. ``max_slices`` > 0: on that many evenly
+    spaced slices of each case (2D models only; a 2.5D model needs each slice's neighbours)."""
     import dataclasses
 
     import torch
@@ -152,9 +146,12 @@ def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: Input
     model.eval()
     for i in range(rank, len(cases), world):
         c = cases[i]
-        pred = infer_slices(model, np.asarray(c.image, np.float32), native, multiple, device, 1)
+        zs = np.arange(c.image.shape[0])
+        if max_slices and not spec.context and len(zs) > max_slices:
+            zs = np.unique(np.linspace(0, len(zs) - 1, max_slices).round().astype(int))
+        pred = infer_slices(model, np.asarray(c.image[zs], np.float32), native, multiple, device, 1)
         for v in schema.values:
-            p, r = pred == v, c.label == v
+            p, r = pred == v, c.label[zs] == v
             counts[i, v] = torch.tensor([(p & r).sum(), p.sum(), r.sum(), float(c.annotated[v])])
     if distributed:
         import torch.distributed as dist
@@ -166,16 +163,6 @@ def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: Input
         if d:
             out[name] = float(np.mean(d))
     return out
-
-
-class _PolyLR:
-    """nnU-Net's polynomial decay lr * (1 - step / total) ** 0.9 (picklable, unlike a lambda)."""
-
-    def __init__(self, total: int):
-        self.total = max(total, 1)
-
-    def __call__(self, step: int) -> float:
-        return max(1.0 - step / self.total, 0.0) ** 0.9
 
 
 @dataclass
@@ -225,18 +212,20 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    batcher = Batcher(train_cases, aug, spec_in, cfg.seed, extra_transform)
+    batcher = (PairBatcher if cfg.consistency_weight > 0 else Batcher)(train_cases, aug, spec_in, cfg.seed,
+                                                                        extra_transform)
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     arch = UNetSpec(in_channels=spec_in.in_channels, num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
     # channels-last: the layout oneDNN (CPU, incl. AMX bf16) and cuDNN convolve fastest
     model = UNet(arch).to(device, memory_format=torch.channels_last)
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # fused: one kernel for all parameters instead of ~10 ops per tensor
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                       fused=True)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                               weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _PolyLR(cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     net: torch.nn.Module = model
     if distributed:
@@ -267,6 +256,11 @@ def _step(s: _Setup, st: dict[str, Any]) -> float:
     with torch.autocast(s.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = s.net(cfg.inputs.network_input(x).contiguous(memory_format=torch.channels_last))
     loss = marginal_dice_ce(logits, y, ann, s.catch_all, cfg.dice_weight, cfg.ce_weight)
+    if cfg.consistency_weight > 0:  # PairBatcher: first half source crops, second half their restyled versions
+        from styleseg.seg.losses import consistency_loss
+
+        half = logits.shape[0] // 2
+        loss = loss + cfg.consistency_weight * consistency_loss(logits[:half], logits[half:])
     s.opt.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     s.scaler.step(s.opt)
@@ -289,7 +283,7 @@ def _end_epoch(s: _Setup, st: dict[str, Any], run: Any) -> None:
         for b in s.model.buffers():
             torch.distributed.broadcast(b, 0)
     val = validation_dice(s.model, s.val_set, s.schema, s.cfg.inputs, 2**s.cfg.depth, s.device, s.rank, s.world,
-                          s.distributed) if s.val_set else {}
+                          s.distributed, s.cfg.val_slices) if s.val_set else {}
     scores = [val[s.schema.name(v)] for v in s.organs if s.schema.name(v) in val]
     score = float(np.mean(scores)) if scores else float("nan")
     rec = {"epoch": st["epoch"] + 1, "step": st["global_step"], "loss": st["loss_sum"] / max(st["loss_n"], 1),
@@ -316,7 +310,7 @@ def _finalise(s: _Setup, st: dict[str, Any]) -> None:
         import torch.distributed as dist
 
         hashes: list[Any] = [None] * s.world
-        dist.all_gather_object(hashes, _state_hash(s.model.state_dict()))
+        dist.all_gather_object(hashes, state_hash(s.model.state_dict()))
         final["ddp"] = {"world_size": s.world, "final_weight_hash_per_rank": hashes}
         if len(set(hashes)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {hashes}")
@@ -347,7 +341,8 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
 
     out = Path(out)
     datasets = [Path(d) for d in datasets]
-    rank, world, distributed = _dist()
+    check_output_folder(out, datasets)
+    rank, world, distributed = distributed_context()
     if cfg.batch_size % world:
         raise ConfigError(f"train_seg.batch_size ({cfg.batch_size}) must be divisible by the {world} processes")
     if not resume and (out / "model.json").exists():

@@ -23,7 +23,7 @@ import numpy as np
 
 from styleseg.config import check_preset, to_dict
 from styleseg.errors import InputError
-from styleseg.io.atomic import atomic_dir
+from styleseg.io.atomic import atomic_dir, check_output_folder
 from styleseg.io.dataset import Dataset, DatasetWriter
 from styleseg.labels import LabelSchema
 from styleseg.sim.phantom import PhantomConfig, make_phantom
@@ -158,6 +158,7 @@ def simulate_dataset(dataset: Path, out: Path, protocol: Protocol | str | None =
     datasets (``meta["phantom"]``), else False (a real scan: only the extra noise is inserted).
     """
     dataset, out = Path(dataset), Path(out)
+    check_output_folder(out, [dataset])
     prot = get_protocol(protocol, dose_fraction, kernel)  # bad protocol/kernel/dose fail before any work
     ds = Dataset(dataset)
     if len(ds) == 0:

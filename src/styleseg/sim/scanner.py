@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -153,14 +154,22 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 TARGET_PROTOCOLS: tuple[str, ...] = tuple(n for n in PROTOCOLS if n != "standard")
 
 
+_ADHOC = re.compile(r"dose([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)-([a-z]+)")
+
+
 def get_protocol(protocol: Protocol | str | None = None, dose_fraction: float | None = None,
                  kernel: str | None = None) -> Protocol:
     """A protocol by name, or an ad-hoc one from ``dose_fraction`` + ``kernel`` (others as "standard").
 
-    Given a protocol and a dose fraction or kernel, those override the protocol's values.
+    Given a protocol and a dose fraction or kernel, those override the protocol's values. The name of an
+    ad-hoc protocol (``"dose0.1-sharp"``) gives that protocol back, so it can be named in an experiment file.
     """
     if isinstance(protocol, Protocol):
         base = protocol
+    elif protocol is not None and protocol not in PROTOCOLS and (m := _ADHOC.fullmatch(protocol)):
+        # an ad-hoc protocol's own name ("dose0.1-sharp", as get_protocol names them): the same protocol again
+        base = replace(PROTOCOLS["standard"], name=protocol, dose_fraction=check_dose_fraction(float(m[1])),
+                       kernel=get_kernel(m[2]).name)
     elif protocol is not None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {protocol!r}{_did_you_mean(protocol, list(PROTOCOLS))}; "

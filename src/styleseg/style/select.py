@@ -36,6 +36,7 @@ import numpy as np
 
 from styleseg.config import check_preset, to_dict
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.io.dataset import DATASET_JSON, CaseRecord, Dataset
 from styleseg.io.volume import Volume
 from styleseg.labels import derive_body
@@ -202,6 +203,7 @@ def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int
     with ``contact_sheet.png``."""
     cfg = config or SelectConfig()
     target, out = Path(target), Path(out)
+    check_output_folder(out, [target])
     if out.exists() and not overwrite:
         raise InputError(out, "output already exists", "choose another --out or remove it first")
     if labels_from is not None and not Path(labels_from).exists():

@@ -39,6 +39,7 @@ import torch
 
 from styleseg.config import check_preset, config_hash, hash_view, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
+from styleseg.io.atomic import check_output_folder
 from styleseg.style.data import Source, load_source, load_styles, sample_batch
 from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
@@ -279,6 +280,8 @@ def _fit_one(job: _Job, vgg: VGG19Features, cfg: GeneratorConfig, num_classes: i
                           "train_seconds_last_run": round(time.perf_counter() - t0, 1), **extra_json})
     model.to(device)
     try:
+        from styleseg.style.figures import plot_losses
+
         plot_losses(run.log_path, folder / "loss_curve.png")
     except Exception as e:  # noqa: BLE001 - a figure must not fail a finished training
         log.warning("loss curve not drawn: %s", e)
@@ -331,32 +334,6 @@ class _Stepper:
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
-def plot_losses(log_path: Path, out: Path) -> Path:
-    """Content, style and mean-HU losses against the step (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from styleseg.io.atomic import atomic_path
-
-    rows = [json.loads(x) for x in Path(log_path).read_text().splitlines() if x.strip()]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    steps = [r["step"] for r in rows]
-    for key in ("content", "style", "mean_hu", "nps", "loss"):
-        if any(key in r for r in rows) and any(r.get(key, 0) > 0 for r in rows):
-            ax.plot(steps, [max(r.get(key, 0.0), 1e-12) for r in rows], label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(Path(log_path).parent.name)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
-
-
 # --- the public entry points --------------------------------------------------------------------------
 
 def train_generators(source: str | Path, styles: str | Path, out: str | Path, cfg: GeneratorConfig | None = None,
@@ -365,6 +342,7 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
     folders. See the module docstring for the folder layout."""
     cfg = cfg or GeneratorConfig.preset("quick")
     source, styles, out = Path(source), Path(styles), Path(out)
+    check_output_folder(out, [source, styles])
     ds, src = load_source(source)
     ss = load_styles(styles, ds.schema)
     if ss.schema.to_labels_dict() != ds.schema.to_labels_dict():

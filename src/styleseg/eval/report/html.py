@@ -35,6 +35,7 @@ from styleseg.eval.report.run_folder import Arm, RunFolder, read_jsonl
 from styleseg.eval.report.tables import (
     CSS,
     METRIC_TITLES,
+    _ci_cell,
     _e,
     _table,
     diff_table,
@@ -250,6 +251,56 @@ def _figures_section(rf: RunFolder) -> list[str]:
     return parts
 
 
+def _seeds_section(rf: RunFolder) -> str:
+    """Means over seeds x cases with 95% CIs, each arm's paired difference to the reference arm (bold when the CI
+    excludes 0, 'unresolved' otherwise) and whether its training converged (from RUN/seeds.json)."""
+    path = rf.root / "seeds.json"
+    if not path.exists():
+        return ""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        rf.missing.append(f"seeds.json is not valid JSON ({e})")
+        return ""
+    arms, ref = data.get("arms", {}), data.get("reference")
+    structures = list(dict.fromkeys(s for a in arms.values() for s in a.get("mean", {})))
+    rows = [f"<tr><td class=l>{_e(name)}</td>" + "".join(_ci_cell(a["mean"].get(s, {}).get("dice"), 3) for s in
+                                                         structures) + f"<td>{a.get('seeds', '')}</td></tr>"
+            for name, a in arms.items()]
+    parts = [f"<h2>Over {len(data.get('seeds', []))} training seeds</h2><p class=sub>Mean Dice over seeds x test "
+             "cases, 95% bootstrap CI resampling cases and seeds (docs/eval.md).</p>"
+             + _table(["arm", *structures, "seeds"], rows)]
+    drows = []
+    for name, a in arms.items():
+        if "vs_reference" not in a:
+            continue
+        cells = []
+        for s in structures:
+            d = a["vs_reference"].get(s, {}).get("dice")
+            if not d or d.get("mean_diff") is None:
+                cells.append("<td>–</td>")
+                continue
+            txt = f"{d['mean_diff']:+.3f} <span class=ci>[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]</span>"
+            cells.append(f"<td class=best>{txt}</td>" if d.get("resolved") and d["mean_diff"] > 0 else
+                         f"<td>{txt}</td>" if d.get("resolved") else f"<td>{txt} <i>unresolved</i></td>")
+        drows.append(f"<tr><td class=l>{_e(name)}</td>{''.join(cells)}</tr>")
+    if drows:
+        parts.append(f"<h3>Paired difference to the reference arm ({_e(ref)})</h3><p class=sub>Same test cases, seeds "
+                     "of each arm resampled on their own. A difference whose CI contains 0 is unresolved, not a "
+                     "win; bold: resolved and better.</p>" + _table([f"arm − {ref}", *structures], drows))
+    crows = []
+    for name, a in arms.items():
+        conv = a.get("convergence", [])
+        gains = [c.get("improvement_last_third") for c in conv if c.get("improvement_last_third") is not None]
+        ok = all(c.get("converged") for c in conv) if conv and gains else None
+        crows.append(f"<tr><td class=l>{_e(name)}</td><td>{' '.join(f'{g:+.3f}' for g in gains) or '–'}</td>"
+                     f"<td>{'–' if ok is None else ('yes' if ok else 'no')}</td></tr>")
+    parts.append("<h3>Convergence</h3><p class=sub>Per seed, the best validation Dice (mean over organs) of the last "
+                 "third of the epochs minus the best before it; converged when < 0.01 for every seed.</p>"
+                 + _table(["arm", "late improvement per seed", "converged"], crows))
+    return "".join(parts)
+
+
 def build_html(rf: RunFolder, n_boot: int = 2000, max_cases: int = 3) -> str:
     """The report's HTML text (see the module docstring for what it contains)."""
     rf.load_metrics(n_boot)
@@ -266,6 +317,7 @@ def build_html(rf: RunFolder, n_boot: int = 2000, max_cases: int = 3) -> str:
         parts += _paired_section(rf, arms, base, structures, n_boot)
     elif arms:
         rf.missing.append("a baseline arm (arms/baseline or run.json 'baseline'): no paired differences")
+    parts.append(_seeds_section(rf))
     oracle = next((a for a in arms if a.name == rf.oracle), None)
     if base is not None and oracle is not None:
         parts.append(_gap_section(arms, base, oracle, structures))

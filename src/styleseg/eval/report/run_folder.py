@@ -13,6 +13,7 @@ Run-folder layout read here (every part optional; documented in docs/eval.md)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,26 @@ class RunFolder:
                 self.missing.append(f"arms/{a.name}: no metrics.json (and no pred/ with a known reference)")
 
 
+def results_table(run_dir: str | Path, structures: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows (arm, mean Dice per structure, pixel accuracy) from each arm's metrics.json (the first seed)."""
+    run_dir = Path(run_dir)
+    rows = []
+    for arm in [a.name for a in RunInfo.read(run_dir).arms]:
+        p = run_dir / "arms" / arm / "metrics.json"
+        if not p.exists():
+            continue
+        m = json.loads(p.read_text())
+        row: dict[str, Any] = {"arm": arm}
+        for s, d in m.get("mean", {}).items():
+            if structures and s not in structures:
+                continue
+            dice = d.get("dice", {})
+            if isinstance(dice, Mapping) and dice.get("mean") is not None:
+                row[s] = dice["mean"]
+        pa = m.get("pixel_accuracy", {})
+        if isinstance(pa, Mapping):
+            v = pa.get("all", pa)
+            if isinstance(v, Mapping) and v.get("mean") is not None:
+                row["pixel_acc"] = v["mean"]
+        rows.append(row)
+    return rows

@@ -1,0 +1,231 @@
+"""The stages of one comparison arm and one training seed: train, predict, evaluate (and cyclic rounds).
+
+What an arm does is data (:mod:`styleseg.pipeline.arms`); these stages read its entry and never name an arm.
+With several training seeds (``seeds = [0, 1, 2]``) every trained arm runs once per seed; the first seed keeps
+the single-seed layout (``RUN/arms/<arm>/model``, ``pred``, ``metrics.json``), every other seed ``s`` lives in
+``RUN/arms/<arm>/seed<s>/`` and its stages are named ``<stage>@<s>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from styleseg.config import hash_view, to_dict
+from styleseg.io.atomic import write_json
+from styleseg.pipeline import data as pdata
+from styleseg.pipeline.arms import TEST_TIME, Arm
+
+log = logging.getLogger("styleseg.pipeline")
+
+
+def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, threads: int | None) -> float:
+    """One U-Net training (in the caller's process, or a worker's with ``threads`` torch threads); resumes an
+    interrupted run of the same config, starts over after one of another. Returns its wall time."""
+    import time
+
+    from styleseg.errors import CheckpointMismatch
+    from styleseg.seg.train import train_segmentation
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    progress = threads is None
+    try:
+        train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(), extra_transform=transform,
+                           progress=progress)
+    except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
+        log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
+        pdata._clear(out)
+        train_segmentation(datasets, out, scfg, resume=False, extra_transform=transform, progress=progress)
+    return time.perf_counter() - t0
+
+
+class ArmStages:
+    """Mixed into :class:`styleseg.pipeline.experiment.Experiment`: the per-arm, per-seed stages."""
+
+    run: Path
+    data_dir: Path
+    cfg: Any
+    seeds: tuple[int, ...]
+    datasets: dict[tuple[str, int], Path]
+    hashes: dict[str, str]
+    stages: Any
+    pool: Any = None  # a process pool when trainings run in parallel (cfg.jobs > 1)
+    pending: list[tuple[str, Any, list[str], list[Path], Any]]
+    worker_threads: int = 1
+
+    # -- naming ----------------------------------------------------------------------------------
+    def arm_dir(self, name: str, seed: int) -> Path:
+        base = self.run / "arms" / name
+        return base if seed == self.seeds[0] else base / f"seed{seed}"
+
+    def stage_name(self, base: str, seed: int) -> str:
+        return base if seed == self.seeds[0] else f"{base}@{seed}"
+
+    def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path], build: Any) -> None:
+        raise NotImplementedError
+
+    def predict_options(self) -> dict[str, Any]:
+        """bf16 + channels-last inference (oneDNN/AMX on CPU, tensor cores on GPU) for bf16-trained models."""
+        bf16 = self.cfg.seg_config().amp == "bf16"
+        return {"dtype": "bfloat16" if bf16 else "float32", "channels_last": bf16}
+
+    # -- training ------------------------------------------------------------------------------
+    def _train(self, arm: Arm, seed: int, out: Path, datasets: list[Path], stage: str, upstream: list[str],
+               extra_hash: dict[str, Any] | None = None) -> None:
+        """Train one U-Net as a stage: here, or (``cfg.jobs`` > 1) in a worker process, its stage recorded when
+        :meth:`collect_trainings` has its result."""
+        scfg = self.cfg.seg_config(seed=seed, **arm.seg_changes)
+        cfg = {"seg": hash_view(scfg), "arm": arm.name, **(extra_hash or {})}
+        outputs = [out / "model.json"]
+        hashes = [self.hashes[u] for u in upstream]
+        if self.pool is not None and not self.stages.up_to_date(stage, cfg, hashes, outputs):
+            if self.stages.marker(stage).exists():  # finished under another config: start over
+                pdata._clear(out)
+            job = self.pool.submit(train_job, datasets, out, scfg, arm.build_transform(self), self.worker_threads)
+            self.pending.append((stage, cfg, upstream, outputs, job))
+            return
+
+        def build(stale: bool) -> None:
+            if stale:
+                pdata._clear(out)
+            train_job(datasets, out, scfg, arm.build_transform(self), None)
+        self._stage(stage, cfg, upstream, outputs, build)
+
+    def collect_trainings(self) -> None:
+        """Wait for the trainings running in worker processes and record their stages, in submission order."""
+        pending, self.pending = self.pending, []
+        for stage, cfg, upstream, outputs, job in pending:
+            self._stage(stage, cfg, upstream, outputs, lambda stale, job=job: job.result())
+
+    def stage_train_arm(self, arm: Arm, seed: int) -> Path:
+        """Train the arm's U-Net for one seed (an arm with cyclic rounds: see :meth:`stage_cyclic_round`)."""
+        out = self.arm_dir(arm.name, seed) / "model"
+        self._train(arm, seed, out, self._arm_datasets(arm, seed), self.stage_name(f"train_{arm.name}", seed),
+                    self._arm_upstream(arm, seed))
+        return out
+
+    def _arm_datasets(self, arm: Arm, seed: int) -> list[Path]:
+        return [self.datasets[(d, seed)] for d in arm.train_on]
+
+    def _arm_upstream(self, arm: Arm, seed: int) -> list[str]:
+        return ["data", "split"] + [self.stage_name(s, seed) for s in arm.upstream()[2:]]
+
+    def stage_cyclic_round(self, arm: Arm, seed: int, r: int) -> None:
+        """Round ``r`` of the paper's cyclic training (its future work): the previous round's model (round 1:
+        the ``rounds_from`` arm's) pseudo-labels the target's style pool, and the arm retrains from scratch on its
+        training data plus the confident pseudo-labelled slices. Each round's model, pseudo-labels and record
+        are kept; the last round's model is the arm's."""
+        assert arm.rounds_from is not None
+        base = self.arm_dir(arm.name, seed)
+        prev_stage = self.stage_name(f"train_{arm.rounds_from}" if r == 1 else f"train_{arm.name}_r{r - 1}", seed)
+        prev_model = self.arm_dir(arm.rounds_from, seed) / "model" if r == 1 else base / f"round{r - 1}" / "model"
+        rdir, last = base / f"round{r}", r == arm.rounds
+        pseudo = rdir / "pseudo_labels"
+        pstage = self.stage_name(f"pseudo_{arm.name}_r{r}", seed)
+
+        def build(stale: bool) -> None:
+            record = pdata.build_pseudo_labels(prev_model, self.data_dir / "target_pool", pseudo,
+                                               self.predict_options())
+            write_json(rdir / "round.json", {"from_model": str(prev_model.relative_to(self.run)), **record})
+        self._stage(pstage, {"round": r, "keep": pdata.PSEUDO_KEEP}, ["split", prev_stage], [pseudo], build)
+        out = base / "model" if last else rdir / "model"
+        tstage = self.stage_name(f"train_{arm.name}" + ("" if last else f"_r{r}"), seed)
+        self._train(arm, seed, out, [*self._arm_datasets(arm, seed), pseudo], tstage,
+                    [*self._arm_upstream(arm, seed), pstage], {"round": r})
+
+    def _train_all(self, ready: list) -> None:
+        """Every arm's U-Net for every seed: ``cfg.jobs`` at a time in worker processes (one thread each when the
+        jobs fill the CPUs), or here one after another; cyclic rounds after the arms they start from."""
+        import os
+
+        jobs = self.cfg.jobs
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            self.worker_threads = max(1, cpus // jobs)
+            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        try:
+            for seed in self.seeds:
+                for arm in ready:
+                    if arm.trains and not arm.rounds:
+                        self.stage_train_arm(arm, seed)
+            self.collect_trainings()
+            for r in range(1, max((a.rounds for a in ready), default=0) + 1):
+                for seed in self.seeds:
+                    for arm in ready:
+                        if arm.rounds >= r:
+                            self.stage_cyclic_round(arm, seed, r)
+                self.collect_trainings()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = None
+
+    # -- prediction and evaluation ------------------------------------------------------------------
+    def stage_predict_arm(self, arm: Arm, seed: int) -> None:
+        pred = self.arm_dir(arm.name, seed) / "pred"
+        model = self.arm_dir(arm.model_arm, seed) / "model"
+
+        def build(stale: bool) -> None:
+            import hashlib
+
+            from styleseg.seg.segment import segment
+
+            # `--continue` may only reuse outputs of THIS model (an interrupted prediction): outputs of an
+            # earlier model (the arm was retrained) are removed first. The model is identified by its weights.
+            ident = hashlib.sha1((model / "weights.pt").read_bytes()).hexdigest()
+            stamp = pred / ".model_sha1"
+            if pred.exists() and (not stamp.exists() or stamp.read_text().strip() != ident):
+                pdata._clear(pred)
+            pred.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(ident + "\n")
+            inputs = self._test_time_inputs(arm) if arm.test_time else self.data_dir / "target_test"
+            segment([inputs], model, pred, continue_=True, **self.predict_options())
+        self._stage(self.stage_name(f"predict_{arm.name}", seed), {"arm": arm.name},
+                    [self.stage_name(f"train_{arm.model_arm}", seed)], [pred], build)
+
+    def _test_time_inputs(self, arm: Arm) -> Path:
+        """The test set after the arm's test-time step (e.g. denoised to the source's noise level)."""
+        from styleseg.io.dataset import Dataset, DatasetWriter
+
+        assert arm.test_time is not None
+        out = self.data_dir / f"target_test_{arm.test_time}"
+        if out.exists():
+            return out
+        step = TEST_TIME[arm.test_time](self)
+        ds = Dataset(self.data_dir / "target_test")
+        record = {k: getattr(step, k) for k in ("method", "strength", "reference_std") if hasattr(step, k)}
+        with DatasetWriter(out, f"target test set, {arm.test_time}", ds.schema, meta={arm.test_time: record}) as w:
+            for rec in ds:
+                img = ds.load_image(rec.case_id)
+                w.add_case(rec.case_id, img.with_array(np.stack([step(s.astype(np.float32)) for s in img.array])),
+                           None, **rec.extras)
+        write_json(self.run / "arms" / arm.name / f"{arm.test_time}.json", record)
+        return out
+
+    def stage_evaluate_arm(self, arm: Arm, seed: int) -> None:
+        out = self.arm_dir(arm.name, seed) / "metrics.json"
+        ev = self.cfg.evaluate
+        ref = self.cfg.reference_arm  # the arm every other is compared against, case by case
+
+        def build(stale: bool) -> None:
+            from styleseg.eval.evaluate import evaluate
+
+            evaluate(self.arm_dir(arm.name, seed) / "pred", self.data_dir / "target_test", out=out,
+                     compare=None if arm.name == ref else self.arm_dir(ref, seed) / "pred", n_boot=ev.n_boot,
+                     seed=ev.seed, with_hd95=ev.hd95)
+        upstream = [self.stage_name(f"predict_{arm.name}", seed)]
+        if arm.name != ref:
+            upstream.append(self.stage_name(f"predict_{ref}", seed))
+        changed = {k: v for k, v in to_dict(ev).items() if to_dict(type(ev)())[k] != v}
+        self._stage(self.stage_name(f"evaluate_{arm.name}", seed), {"arm": arm.name, **changed}, upstream, [out],
+                    build)
