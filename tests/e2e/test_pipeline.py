@@ -125,8 +125,8 @@ def test_every_arm_is_trained_predicted_and_evaluated(finished: Path) -> None:
         assert sorted(m["cases"]) == sorted(split["test"]), arm
         assert 0.0 <= m["mean"]["lung_left"]["dice"]["mean"] <= 1.0
         assert m["config"]["n_boot"] == 200  # the [evaluate] section is used
-        if arm != "baseline":
-            assert m["comparison"]["other"].endswith("arms/baseline/pred")
+        if arm != "reference":  # every arm is compared with the reference arm, which runs here
+            assert m["comparison"]["other"].endswith("arms/reference/pred")
     # the position arm is the baseline's U-Net plus two position channels; every other arm keeps the paper's
     meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text()) for a in ("baseline", "position")}
     assert meta["position"]["position"] and not meta["baseline"]["position"]
