@@ -90,7 +90,7 @@ class Job(Experiment):
         from styleseg.eval.report.run_info import ArmInfo, RunInfo
 
         chosen = self.choice.get("arm")
-        RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=[self.cfg.seed],
+        RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=[self.seeds[0]],
                 arms=[ArmInfo(a, ARMS[a].title, "chosen" if a == chosen else ARMS[a].role) for a in self.trained],
                 baseline="baseline", oracle=None, target_ref="data/target_test" if self.refs else None,
                 stages=self.stages.timings(), config=self.cfg.resolved(),
@@ -307,6 +307,8 @@ class Job(Experiment):
         for a in (ARMS[n] for n in self.cfg.arms):
             if a.test_time or not a.trains or "oracle" in a.train_on:
                 self.skipped_arms[a.name] = "the job segments with trained models only (no oracle, no test-time step)"
+            elif a.rounds:
+                self.skipped_arms[a.name] = "cyclic rounds run on the benchmark path only"
             else:
                 out.append(a)
         return out
@@ -321,27 +323,30 @@ class Job(Experiment):
         self.stage_data()
         self.stage_reference()
         self.stage_split()
+        seed = self.seeds[0]  # the job trains each model once: its first seed (seeds are for benchmarks)
         self.trained = [labeller.name]
-        self.stage_train_arm(labeller)
+        self.stage_train_arm(labeller, seed)
         needed = {d for a in arms for d in a.train_on}
+        if "physics" in needed:
+            self.stage_physics_data(seed)
         if self.cfg.needs_styles:
             self.stage_pick_styles(labeller)
             self.stage_styles()
             for conditional in (False, True):
                 if GENERATORS[conditional][3] in needed:
-                    gens = self.stage_generators(conditional)
-                    self.stage_augment(conditional, gens)
+                    gens = self.stage_generators(conditional, seed)
+                    self.stage_augment(conditional, gens, seed)
                     if not conditional:
                         self.stage_figures(gens)
         for arm in arms:
             if arm.name != labeller.name:
-                self.stage_train_arm(arm)
+                self.stage_train_arm(arm, seed)
                 self.trained.append(arm.name)
         if self.refs:  # every arm is measured on the reference cases (and only there)
             for name in self.trained:
-                self.stage_predict_arm(ARMS[name])
+                self.stage_predict_arm(ARMS[name], seed)
             for name in self.trained:
-                self.stage_evaluate_arm(ARMS[name])
+                self.stage_evaluate_arm(ARMS[name], seed)
         if self.cfg.data.agreement_pairs:  # same-scan pairs: label-free texture robustness of every arm
             self.stage_agreement()
         self.stage_choose([a.name for a in arms if a.train_on != ("source",)])
