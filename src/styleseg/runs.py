@@ -34,12 +34,30 @@ def seed_everything(seed: int) -> None:
 
 
 def choose_device(pref: str = "auto"):
-    """'auto' -> cuda if available, else cpu; or an explicit torch device string."""
+    """'auto' -> cuda if available, else cpu; or an explicit torch device string, which must exist on this
+    machine (a ConfigError names the fix otherwise, instead of a CUDA traceback at the first tensor)."""
     import torch
+
+    from styleseg.errors import ConfigError
 
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(pref)
+    try:
+        dev = torch.device(pref)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"--device {pref!r}: not a device (fix: auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {pref}: this machine has no CUDA GPU (fix: --device cpu or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {pref}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1} "
+                              "(fix: a device that exists, or auto)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {pref}: no Apple MPS device here (fix: --device cpu or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {pref}: styleseg runs on cpu, cuda or mps (fix: --device cpu or auto)")
+    return dev
 
 
 def setup_logging(level: int = logging.INFO, logfile: str | Path | None = None) -> None:

@@ -83,3 +83,22 @@ def test_train_seg_refuses_an_impossible_config_file(model_and_data, tmp_path):
                  input="train-seg config with `epochs = 0`", contains=["epochs must be >= 1"], left="nothing",
                  tmp=tmp_path)
     assert not Path(tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("device, words", [
+    pytest.param("cuda", ["no CUDA GPU", "--device cpu"], id="cuda-without-gpu"),
+    pytest.param("cuda:7", ["CUDA GPU"], id="cuda-index"),
+    pytest.param("gpu0", ["not a device"], id="typo"),
+])
+def test_segment_refuses_a_device_this_machine_lacks(model_and_data, tmp_path, device, words):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the GPU asked for")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    root = model_and_data
+    expect_error(["segment", str(root / "ds"), "--model", str(root / "m"), "--out", str(tmp_path / "o"),
+                  "--device", device], input=f"segment --device {device}", contains=words, left="nothing",
+                 tmp=tmp_path)
+    assert not (tmp_path / "o").exists()
