@@ -14,7 +14,7 @@ from styleseg.errors import InputError
 from styleseg.io.volume import Volume
 from styleseg.seg.inputs import InputSpec, body_frame, context_stack, position_maps
 from styleseg.seg.predict import Predictor, infer_slices
-from styleseg.seg.unet import UNet, UNetSpec, pad_multiple, unpad
+from styleseg.seg.unet import UNet, UNetSpec, fold_batch_norm, pad_multiple, unpad
 
 
 def _ct(seed: int = 0, n: int = 5, spacing: float = 1.0, direction=None) -> Volume:
@@ -36,6 +36,25 @@ def test_unet_shapes_and_padding():
     assert out.shape == (3, 30, 20) and out.dtype == np.uint8 and out.max() < 5
 
 
+
+
+def test_folded_batch_norm_gives_the_trained_networks_logits():
+    torch.manual_seed(0)
+    net = UNet(UNetSpec(in_channels=1, num_classes=4, base_channels=4, depth=2))
+    net.train()
+    for _ in range(3):  # running statistics and affine far from the identity
+        net(torch.randn(4, 1, 16, 16) * 3 + 1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-1.0, 1.0)
+    net.eval()
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 2 * (2 * 2 + 1)  # the original kept
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
 
 
 def test_flipped_orientation_is_canonicalised(tmp_path, toy_model):

@@ -36,7 +36,7 @@ from styleseg.seg.resample import (
     resample_logits,
     spacing_ratio,
 )
-from styleseg.seg.unet import pad_multiple, unpad
+from styleseg.seg.unet import fold_batch_norm, pad_multiple, unpad
 
 log = logging.getLogger("styleseg.seg.predict")
 
@@ -126,7 +126,7 @@ class Predictor:
                              f"({type(e).__name__}: {str(e).splitlines()[0]})", "retrain or restore the folder") from e
         self.inputs = InputSpec.from_model_json(self.meta)
         self.device = choose_device(device)
-        self.model.to(self.device).eval()
+        self.model = fold_batch_norm(self.model).to(self.device)
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
