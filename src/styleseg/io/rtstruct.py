@@ -19,6 +19,7 @@ user MAP.toml); names outside the schema (e.g. GTV-1) are skipped with a logged 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,13 +291,24 @@ def write_seg(label: Volume, schema: LabelSchema, source_files: Sequence[str | P
             segment_number=i, segment_label=n, segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=hd.sr.CodedConcept(code, "SCT" if n in SNOMED else "99STYLESEG", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo))
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():
+        # highdicom warns about a one-component PatientName ("A002304", common in de-identified data) that it
+        # copies from the source CT: the name is the archive's, not ours to rewrite
+        warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+        seg = _segmentation(hd, sources, seg_map, descriptions, algorithm, extra)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        seg.save_as(tmp)
+    return out
+
+
+def _segmentation(hd: Any, sources: list[Any], seg_map: np.ndarray, descriptions: list[Any], algorithm: str,
+                  extra: dict[str, Any]) -> Any:
+    from styleseg import __version__
+
+    return hd.seg.Segmentation(
         source_images=sources, pixel_array=seg_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="styleseg",
         manufacturer_model_name="styleseg", software_versions=__version__, device_serial_number="0",
         omit_empty_frames=True, series_description=f"{algorithm} segmentation", **extra)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        seg.save_as(tmp)
-    return out

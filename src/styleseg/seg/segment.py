@@ -148,6 +148,10 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
 
         raise output_error(out, e) from e
     rep = SegmentReport(out)
+    no_seg = [c.case_id for c in mine if dicom_seg and c.kind == "nifti" and not c.dicom_files]
+    if no_seg:  # once per call: a mixed archive can hold thousands of NIfTI cases
+        log.warning("%d NIfTI case(s) without DICOM slices get no DICOM SEG (it references its source slices), "
+                    "NIfTI labels only: %s%s", len(no_seg), ", ".join(no_seg[:5]), ", ..." if len(no_seg) > 5 else "")
     t0 = time.perf_counter()
     with _bar(progress, len(mine), f"segmenting (part {part_id + 1}/{num_parts})" if num_parts > 1
               else "segmenting") as advance:
@@ -169,9 +173,6 @@ def _one(pred: Predictor, case: InputCase, out: Path, continue_: bool, dicom_seg
         return
     try:
         if case.kind == "nifti":
-            if dicom_seg and not case.dicom_files:
-                log.warning("%s: --dicom-seg needs DICOM input (the SEG references its slices); "
-                            "writing NIfTI only", case.case_id)
             seg_files = case.dicom_files if dicom_seg else ()
             rep.slices += segment_nifti_streaming(pred, case.path, dest, chunk_slices, seg_files)
         else:
