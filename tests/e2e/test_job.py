@@ -222,6 +222,13 @@ def test_the_qc_table_has_every_case_worst_first_with_the_values_of_qc_case(fini
     assert "Quality control without labels" in text and "Which model segments the collection" in text
     assert all(f"<td class=l>{c}</td>" in text for c in CASES)
     assert "predicted by the source-only model and corrected by a person" in text
+    from styleseg.pipeline.style_labels import absent_structures
+    from styleseg.style.styleset import StyleSet
+
+    prov = json.loads((job / "style_labels.json").read_text())["styles"]
+    used = StyleSet.load(finished / "styles")
+    assert [p["absent"] for p in prov] == [absent_structures(s, used.schema) for s in used.styles]
+    assert "structures absent" in text
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ the model choice and the comparison model (pipeline/job_data.py, pipeline/style_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from styleseg.errors import ConfigError
 from styleseg.io.volume import Volume
 from styleseg.pipeline.job_data import DEFAULT_WHY, choose_model, compare_arm, resample_styles
-from styleseg.pipeline.style_labels import content_hash
+from styleseg.pipeline.style_labels import absent_structures, absent_warning, content_hash, provenance
 from styleseg.style.styleset import StyleSlice
 
 
@@ -37,6 +38,24 @@ def test_a_style_slice_of_another_spacing_is_resampled_keeping_its_extent_and_la
     assert abs(area / ((s.label_map == 1).sum() * 0.7**2) - 1) < 0.08  # the same labelled area in mm^2
     assert r.tags == {"k": 1, "resampled_from_mm": [0.7, 0.7]} and r.label_source == "corrected"
     assert resample_styles([s], 0.72)[0] is s and resample_styles([s], None)[0] is s  # within 10 %; no spacing
+
+
+def test_a_style_label_map_without_lungs_is_named():
+    from styleseg.labels import LabelSchema
+
+    schema = LabelSchema.default()
+    s = _style(0.98)  # label value 1 only (lung_left), 750 px
+    absent = absent_structures(s, schema)
+    assert "lung_left" not in absent and "body" not in absent
+    assert {"lung_right", "heart", "esophagus", "spinal_cord"} <= set(absent)
+    msg = absent_warning(s, absent)
+    assert "style 0 (c, slice 3)" in msg and "lung_right" in msg and "style_slices" in msg
+    assert provenance([s], "predicted", schema)["styles"][0]["absent"] == absent
+    assert "absent" not in provenance([s], "predicted")["styles"][0]
+    full = s.label.array.copy()
+    for v in schema.values:  # every structure drawn: nothing absent
+        full[0, 0:5, 5 * v:5 * v + 5] = v
+    assert absent_structures(dataclasses.replace(s, label=s.label.with_array(full)), schema, min_px=20) == []
 
 
 def test_the_content_hash_follows_values_not_files():

@@ -258,7 +258,26 @@ def labelled_styles(picked: StyleSet, labels: Mapping[int, np.ndarray] | None, s
     return out
 
 
-def provenance(styles: Sequence[StyleSlice], mode: str) -> dict[str, Any]:
-    """What the report states about the style label maps (RUN/job/style_labels.json)."""
+def absent_structures(s: StyleSlice, schema: LabelSchema, min_px: int = 20) -> list[str]:
+    """Structures of ``schema`` (the catch-all ``body`` aside) with fewer than ``min_px`` pixels in the style
+    slice's label map: its generator learns no texture for them. A slice outside the chest (an abdominal slice of
+    a screening series) has no lungs."""
+    if s.label is None:
+        return []
+    arr = np.asarray(s.label.array)
+    return [n for n, v in schema.structures if n != "body" and int((arr == v).sum()) < min_px]
+
+
+def absent_warning(s: StyleSlice, absent: Sequence[str]) -> str:
+    return (f"style {s.index} ({s.case_id}, slice {s.slice}): its label map has no {', '.join(absent)}, so its "
+            f"generator learns no texture for them; if the slice is outside the chest, name chest slices with "
+            f"style_slices = [\"CASE:SLICE\", ...] in the experiment file")
+
+
+def provenance(styles: Sequence[StyleSlice], mode: str, schema: LabelSchema | None = None) -> dict[str, Any]:
+    """What the report states about the style label maps (RUN/job/style_labels.json), with the structures each
+    label map lacks when ``schema`` is given."""
     return {"mode": mode, "styles": [{"index": s.index, "case_id": s.case_id, "slice": s.slice,
-                                      "label_source": s.label_source} for s in styles]}
+                                      "label_source": s.label_source,
+                                      **({"absent": absent_structures(s, schema)} if schema is not None else {})}
+                                     for s in styles]}

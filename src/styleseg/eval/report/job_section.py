@@ -57,9 +57,12 @@ def _styles_part(job: Path) -> list[str]:
     if not isinstance(s, Mapping):
         return []
     rows = [f"<tr><td>{_e(x.get('index'))}</td><td class=l>{_e(x.get('case_id'))}</td><td>{_e(x.get('slice'))}</td>"
-            f"<td class=l>{_e(x.get('label_source'))}</td></tr>" for x in s.get("styles", [])]
-    return [f"<h3>Style slices' label maps</h3><p>{_e(STYLE_LABEL_MODES.get(str(s.get('mode')), s.get('mode')))}.</p>",
-            _table(["style", "case", "slice", "label map from"], rows, left=0)]
+            f"<td class=l>{_e(x.get('label_source'))}</td>"
+            f"<td class=l>{_e(', '.join(x.get('absent') or []) or '-')}</td></tr>" for x in s.get("styles", [])]
+    return [f"<h3>Style slices' label maps</h3><p>{_e(STYLE_LABEL_MODES.get(str(s.get('mode')), s.get('mode')))}. "
+            "A structure absent from a style's label map gets no texture from its generator (a slice outside the "
+            "chest has no lungs: name chest slices with <code>style_slices</code>).</p>",
+            _table(["style", "case", "slice", "label map from", "structures absent"], rows, left=0)]
 
 
 def _segment_part(job: Path) -> list[str]:
