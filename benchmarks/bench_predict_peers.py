@@ -161,25 +161,21 @@ def main() -> int:
     scale = ScaleIntensityRange(a_min=centre - width / 2, a_max=centre + width / 2, b_min=0.0, b_max=1.0, clip=True)
     inferer = SlidingWindowInferer(roi_size=(512, 512), sw_batch_size=8)
 
-    def monai_run(bf16: bool) -> np.ndarray:
-        x = scale(torch.from_numpy(hu)[:, None])
-        x = torch.as_tensor(x)
+    def monai_run(network: torch.nn.Module, bf16: bool) -> np.ndarray:
+        x = torch.as_tensor(scale(torch.from_numpy(hu)[:, None]))
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = inferer(x, net)
+            logits = inferer(x, network)
         return logits.float().argmax(1).to(torch.uint8).numpy()
 
-    rows.append(("MONAI SlidingWindowInferer, defaults (fp32)", *timed(lambda: monai_run(False), n, args.reps)))
-    print(f"{rows[-1][0]}: {rows[-1][1]:.2f} slices/s", flush=True)
     net_cl = UNet(spec)
     net_cl.load_state_dict(net.state_dict())
     net_cl.eval().to(memory_format=torch.channels_last)
-    net, net_fp32 = net_cl, net
-    rows.append(("MONAI SlidingWindowInferer, bf16 autocast + channels-last by hand",
-                 *timed(lambda: monai_run(True), n, args.reps)))
-    print(f"{rows[-1][0]}: {rows[-1][1]:.2f} slices/s", flush=True)
-    net = net_fp32
+    for network, bf16, label in ((net, False, "MONAI SlidingWindowInferer, defaults (fp32)"),
+                                 (net_cl, True, "MONAI SlidingWindowInferer, bf16 autocast + channels-last by hand")):
+        rows.append((label, *timed(lambda network=network, bf16=bf16: monai_run(network, bf16), n, args.reps)))
+        print(f"{rows[-1][0]}: {rows[-1][1]:.2f} slices/s", flush=True)
 
     pm = PlansManager(str(plans_path))
     cm = pm.get_configuration("2d")

@@ -202,11 +202,11 @@ class Job(Experiment):
             styles = job_data.resample_styles(styles, train_mm if self.job.resample else None)
             StyleSet(picked.dataset, picked.schema, picked.method, styles,
                      {**picked.extras, "style_labels": mode}).save(out, overwrite=True)
-            for s in styles:
-                absent = style_labels.absent_structures(s, picked.schema)
-                if absent:
-                    log.warning("%s", style_labels.absent_warning(s, absent))
-            write_json(self.jobdir / "style_labels.json", style_labels.provenance(styles, mode, picked.schema))
+            prov = style_labels.provenance(styles, mode, picked.schema)
+            for s, rec in zip(styles, prov["styles"], strict=True):
+                if rec["absent"]:
+                    log.warning("%s", style_labels.absent_warning(s, rec["absent"]))
+            write_json(self.jobdir / "style_labels.json", prov)
         self._stage("styles", {"mode": mode, "labels": content, "train_mm": train_mm, "resample": self.job.resample},
                     ["pick_styles"], [out / "styles.json"], build)
 
