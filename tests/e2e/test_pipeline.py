@@ -13,6 +13,8 @@ import html as htmllib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from styleseg.config import ConfigError
 from styleseg.pipeline import ALL_ARMS, ARMS, ExperimentConfig, load_experiment, run_experiment
 
+ROOT = Path(__file__).resolve().parents[2]
 TOY = """
 name = "toy"
 preset = "quick"
@@ -271,6 +274,11 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     d = seeds["arms"]["styleseg_ref"]["vs_reference"]["lung_left"]["dice"]
     assert d["n_seeds"] == [2, 2] and isinstance(d["resolved"], bool) and d["ci_low"] <= d["mean_diff"] <= d["ci_high"]
     assert "vs_reference" not in seeds["arms"]["reference"]
+    # benchmarks/seeds_table.py prints the difference of seeds.json, bold only where its CI excludes 0
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), f"{run}=toy"],
+                           capture_output=True, text=True, check=True).stdout
+    cell = f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+    assert cell in table and (f"**{cell}**" in table) == d["resolved"]
     text = (run / "report.html").read_text()
     assert "Over 2 training seeds" in text and "Paired difference to the reference arm (reference)" in text
     assert run_experiment(cfg, run)["all_skipped"]

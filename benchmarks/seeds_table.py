@@ -1,0 +1,90 @@
+"""The multi-seed comparison of one or more run folders as Markdown tables (BENCHMARKS.md), from RUN/seeds.json.
+
+    .venv/bin/python benchmarks/seeds_table.py runs/demo-seeds runs/demo-seeds-image=image_input
+
+Each RUN (optionally ``RUN=LABEL``: its arms are shown as ``arm (LABEL)``) is a folder of ``styleseg run`` with
+``seeds = [...]``. Printed: per arm and structure the Dice mean with its 95% CI over seeds x cases; the paired
+difference to the run's reference arm with its CI (**bold** when the CI excludes 0, else unresolved); the share of
+the oracle's gap an arm closes, (arm - reference) / (oracle - reference), where the oracle's gap is resolved; and
+per arm whether every seed's training converged (best validation Dice of the last third of the epochs minus the
+best before it < 0.01). Arms that two runs share (the same reference, reused) are printed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+STRUCTURES = ("lung_left", "lung_right", "heart", "esophagus", "spinal_cord", "body")
+
+
+def load(spec: str) -> tuple[str, dict]:
+    path, _, label = spec.partition("=")
+    seeds = Path(path) / "seeds.json"
+    if not seeds.exists():
+        sys.exit(f"{seeds}: not found; run the experiment with `seeds = [...]` first")
+    return label, json.loads(seeds.read_text())
+
+
+def cell(d: dict | None, signed: bool = False) -> str:
+    if not d or d.get("mean") is None and d.get("mean_diff") is None:
+        return "-"
+    m = d.get("mean_diff", d.get("mean"))
+    lo, hi = d["ci_low"], d["ci_high"]
+    f = "{:+.3f}" if signed else "{:.3f}"
+    text = f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"
+    return f"**{text}**" if signed and (lo > 0 or hi < 0) else text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="RUN or RUN=LABEL")
+    ap.add_argument("--oracle", default="oracle_ref", help="the arm whose gap to the reference is the one to close")
+    args = ap.parse_args()
+    rows, seen = [], set()
+    for spec in args.runs:
+        label, data = load(spec)
+        for arm, entry in data["arms"].items():
+            key = arm if arm in (data["reference"], args.oracle) else f"{arm}|{label}"
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append((arm if key == arm or not label else f"{arm} ({label})", arm, entry, data))
+    structures = [s for s in STRUCTURES if any(s in r[2]["mean"] for r in rows)]
+    head = "| arm | " + " | ".join(structures) + " | seeds | converged |"
+    rule = "|---|" + "---|" * (len(structures) + 2)
+    print("Dice, mean over seeds x cases [95% CI]\n\n" + head + "\n" + rule)
+    for name, _, e, _ in rows:
+        conv = e.get("convergence", [])
+        ok = sum(bool(c.get("converged")) for c in conv)
+        gains = [c["improvement_last_third"] for c in conv if c.get("improvement_last_third") is not None]
+        cv = f"{ok}/{len(conv)} (last third {max(gains):+.3f})" if gains else "-"
+        print(f"| {name} | " + " | ".join(cell(e["mean"].get(s, {}).get("dice")) for s in structures)
+              + f" | {e['seeds']} | {cv} |")
+    print("\nPaired difference to the reference [95% CI over seeds x cases]; bold: resolved\n")
+    print("| arm - reference | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+    for name, _, e, _ in rows:
+        if "vs_reference" in e:
+            print(f"| {name} | " + " | ".join(cell(e["vs_reference"].get(s, {}).get("dice"), True)
+                                              for s in structures) + " |")
+    print("\nShare of the oracle's gap closed, (arm - reference) / (oracle - reference), where that gap is resolved\n")
+    print("| arm | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+    for name, arm, e, data in rows:
+        oracle = data["arms"].get(args.oracle, {}).get("vs_reference")
+        if arm in (data["reference"], args.oracle) or not oracle or "vs_reference" not in e:
+            continue
+        cells = []
+        for s in structures:
+            g, d = oracle.get(s, {}).get("dice"), e["vs_reference"].get(s, {}).get("dice")
+            if not g or not d or not (g["ci_low"] > 0 or g["ci_high"] < 0):
+                cells.append("no gap")
+            else:
+                cells.append(f"{d['mean_diff'] / g['mean_diff']:+.0%}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
