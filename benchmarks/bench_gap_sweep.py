@@ -160,6 +160,8 @@ def figure(out: Path, result: dict) -> None:
     for ax, s in zip(axes, STRUCTURES, strict=True):
         for kernel, style in zip(KERNELS, ("-", "--"), strict=True):
             lv = [v for v in result["levels"].values() if v["kernel"] == kernel]
+            if not lv:  # a kernel the sweep did not run gets no (empty) line in the legend
+                continue
             lv.sort(key=lambda v: -v["dose"])
             x = [v["dose"] for v in lv]
             for arm, colour in (("reference", "C0"), ("oracle", "C3")):
