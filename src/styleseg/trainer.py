@@ -128,6 +128,44 @@ class PolyLR:
         return max(1.0 - step / self.total, 0.0) ** 0.9
 
 
+def fast_bf16(device: Any) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports it, or a CPU whose
+    oneDNN has a bf16 path (AVX-512 cores, AMX). On an AVX2-only CPU (e.g. AMD Zen 3) bf16 autocast is emulated
+    and a U-Net training step is ~15x slower than in float32 (BENCHMARKS.md)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+_warned_bf16: set[str] = set()
+
+
+def resolve_amp(amp: str, device: Any, where: str = "train_seg.amp") -> str:
+    """The autocast precision to run: ``"auto"`` is ``"bf16"`` where :func:`fast_bf16`, else ``"none"``
+    (float32); an explicit choice is kept, with one warning per device type when bf16 is asked of hardware
+    that only emulates it."""
+    import torch
+
+    if amp == "auto":
+        return "bf16" if fast_bf16(device) else "none"
+    dev = torch.device(device)
+    if amp == "bf16" and not fast_bf16(dev) and dev.type not in _warned_bf16:
+        _warned_bf16.add(dev.type)
+        log.warning("%s = \"bf16\" on a %s without native bfloat16 (%s): it runs emulated, many times slower than "
+                    "float32; set %s = \"auto\" to use bf16 only where the hardware has it", where, dev.type,
+                    torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+                    where)
+    return amp
+
+
 def distributed_context() -> tuple[int, int, bool]:
     """(rank, world size, distributed) under torchrun (the process group is set up on first use: nccl on GPUs,
     gloo on CPUs); (0, 1, False) otherwise."""

@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
                                        help="Also write OUT/<case>.dcm, a DICOM SEG (DICOM series inputs only)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
         batch_size: int = typer.Option(8, help="Slices per forward pass."),
-        bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (faster on CPUs with AMX, GPUs)."),
+        bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (faster on GPUs and CPUs with "
+                                  "AVX-512/AMX; emulated, slow, on AVX2-only CPUs)."),
         channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory layout."),
         force_spacing: bool = typer.Option(False, "--force-spacing", help="Run on inputs > 2x off the training "
                                            "pixel spacing."),

@@ -72,9 +72,10 @@ class ArmStages:
         raise NotImplementedError
 
     def predict_options(self) -> dict[str, Any]:
-        """bf16 + channels-last inference (oneDNN/AMX on CPU, tensor cores on GPU) for bf16-trained models."""
-        bf16 = self.cfg.seg_config().amp == "bf16"
-        return {"dtype": "bfloat16" if bf16 else "float32", "channels_last": bf16}
+        """Channels-last inference, in bf16 (oneDNN/AMX on CPU, tensor cores on GPU) for models trained with
+        autocast where this device computes bf16 natively, else in float32 (Predictor's ``dtype="auto"``)."""
+        amp = self.cfg.seg_config().amp != "none"
+        return {"dtype": "auto" if amp else "float32", "channels_last": amp}
 
     # -- training ------------------------------------------------------------------------------
     def _train(self, arm: Arm, seed: int, out: Path, datasets: list[Path], stage: str, upstream: list[str],

@@ -238,7 +238,7 @@ DEMO_ARMS: tuple[str, ...] = ("baseline", "reference", "styleseg_ref", "oracle_r
 #: is first found after ~800 and the oesophagus after ~400 (BENCHMARKS.md); 128-px crops (native spacing, a
 #: third of the 320-px slice) make them affordable; 20 epochs of 50 steps keep the validation passes few.
 DEMO_GENERATORS: dict[str, Any] = {"steps": 60}
-DEMO_TRAIN_SEG: dict[str, Any] = {"epochs": 20, "steps_per_epoch": 50, "crop": 128, "batch_size": 8, "amp": "bf16"}
+DEMO_TRAIN_SEG: dict[str, Any] = {"epochs": 20, "steps_per_epoch": 50, "crop": 128, "batch_size": 8, "amp": "auto"}
 
 
 def demo_config(preset: str = "quick", arms: tuple[str, ...] | None = None) -> ExperimentConfig:

@@ -37,6 +37,7 @@ from styleseg.seg.resample import (
     spacing_ratio,
 )
 from styleseg.seg.unet import fold_batch_norm, pad_multiple, unpad
+from styleseg.trainer import resolve_amp
 
 log = logging.getLogger("styleseg.seg.predict")
 
@@ -92,7 +93,8 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
 class Predictor:
     """Apply a segmentation model folder (``styleseg train-seg``) to HU slices or volumes.
 
-    ``dtype="bfloat16"`` runs under CPU/GPU autocast; ``channels_last`` uses NHWC memory layout (often
+    ``dtype="bfloat16"`` runs under CPU/GPU autocast, ``"auto"`` only where the device computes bf16 natively
+    (:func:`~styleseg.trainer.fast_bf16`, else float32); ``channels_last`` uses NHWC memory layout (often
     faster with oneDNN). Whole-slice inference: the U-Net is fully convolutional, slices are padded
     with air to a multiple of 2**depth. A model folder whose training has not finished (``complete`` false
     in model.json: still running, or killed) is refused unless ``allow_incomplete`` asks for its last
@@ -107,8 +109,8 @@ class Predictor:
         from styleseg.runs import choose_device, read_model_folder
         from styleseg.seg.unet import UNet, UNetSpec
 
-        if dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"predictor dtype {dtype!r}: choose float32 or bfloat16")
+        if dtype not in ("float32", "bfloat16", "auto"):
+            raise ConfigError(f"predictor dtype {dtype!r}: choose float32, bfloat16 or auto")
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.folder = Path(model_folder)
@@ -126,6 +128,8 @@ class Predictor:
                              f"({type(e).__name__}: {str(e).splitlines()[0]})", "retrain or restore the folder") from e
         self.inputs = InputSpec.from_model_json(self.meta)
         self.device = choose_device(device)
+        amp = resolve_amp({"auto": "auto", "bfloat16": "bf16"}.get(dtype, "none"), self.device, "predictor dtype")
+        dtype = "bfloat16" if amp == "bf16" else "float32"
         self.model = fold_batch_norm(self.model).to(self.device)
         self.channels_last = channels_last
         if channels_last:

@@ -29,7 +29,7 @@ from styleseg.errors import ConfigError, InputError
 from styleseg.io.atomic import check_output_folder
 from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, patient_split
 from styleseg.seg.inputs import InputSpec
-from styleseg.trainer import PolyLR, distributed_context, state_hash
+from styleseg.trainer import PolyLR, distributed_context, resolve_amp, state_hash
 
 log = logging.getLogger("styleseg.seg.train")
 
@@ -61,7 +61,8 @@ class SegTrainConfig:
     val_fraction: float = 0.2
     patience: int = 0  # early stopping after this many epochs without improvement (0: off)
     seed: int = 0
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # autocast precision: "auto" is bf16 where the hardware computes it natively (trainer.fast_bf16), else float32
+    amp: Literal["none", "auto", "bf16", "fp16"] = "none"
     foreground_prob: float = 0.6
     rotate_deg: float = 10.0
     scale_min: float = 0.9
@@ -121,7 +122,7 @@ class SegTrainConfig:
         if name == "quick":
             return cls()
         return cls(preset_name="paper", base_channels=64, depth=4, crop=512, batch_size=16, epochs=30,
-                   steps_per_epoch=0, lr=1e-3, amp="bf16", patience=10)
+                   steps_per_epoch=0, lr=1e-3, amp="auto", patience=10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class _Setup:
     sched: Any
     scaler: Any
     device: Any
+    amp: str  # the precision this run computes in: cfg.amp with "auto" resolved for this device
     steps_per_epoch: int
     meta: dict[str, Any]
     rank: int
@@ -226,7 +228,8 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                               weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    amp = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     net: torch.nn.Module = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -237,9 +240,9 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
             "split": {"train": [c.key for c in train_cases], "val": [c.key for c in val_set]},
             "datasets": [str(d) for d in datasets],
             "train_spacing_mm": float(np.median([c.spacing[0] for c in train_cases])),
-            "orientation": "axial, canonical LPS in-plane (identity direction)"}
+            "orientation": "axial, canonical LPS in-plane (identity direction)", "amp": amp}
     return _Setup(cfg, out, schema, train_cases, val_set, batcher, catch_all, organs, model, net, opt, sched,
-                  scaler, device, steps_per_epoch, meta, rank, world, distributed), chash
+                  scaler, device, amp, steps_per_epoch, meta, rank, world, distributed), chash
 
 
 def _step(s: _Setup, st: dict[str, Any]) -> float:
@@ -252,7 +255,7 @@ def _step(s: _Setup, st: dict[str, Any]) -> float:
     x, y = x.to(s.device), y.to(s.device)
     if not cfg.marginal_loss:
         ann = torch.ones_like(ann)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
     with torch.autocast(s.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = s.net(cfg.inputs.network_input(x).contiguous(memory_format=torch.channels_last))
     loss = marginal_dice_ce(logits, y, ann, s.catch_all, cfg.dice_weight, cfg.ce_weight)

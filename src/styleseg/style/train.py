@@ -45,6 +45,7 @@ from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_seg
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
 from styleseg.style.targets import compute_targets, nps_targets, texture_init
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
+from styleseg.trainer import resolve_amp
 
 log = logging.getLogger("styleseg.style.train")
 
@@ -299,6 +300,7 @@ class _Stepper:
         self.targets = job.targets.to(device)
         self.means = job.means.to(device)
         self.loss = cfg.loss.loss()
+        self.bf16 = resolve_amp("bf16" if cfg.optim.bf16 else "none", device, "generators.bf16") == "bf16"
 
     def __call__(self, step: int) -> dict[str, float]:
         cfg, dev, o = self.cfg, self.device, self.cfg.optim
@@ -317,7 +319,7 @@ class _Stepper:
             area = masks.flatten(2).sum(2).clamp_min(1.0)
             shift = torch.where(tsel.present, msel - (src * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
             content = src + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=o.bf16):
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             spec = self.model.spec
             r = self.model(lab, style, noise, src if spec.image_input or spec.bone_source else None)
             fr = self.vgg(ct_to_vgg_input(r.float()))
