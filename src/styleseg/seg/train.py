@@ -229,6 +229,8 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
                               weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch))
     amp = resolve_amp(cfg.amp, device)
+    if cfg.amp == "auto":
+        log.info("amp auto: %s on %s", "bf16" if amp == "bf16" else "float32 (no native bf16)", device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     net: torch.nn.Module = model
     if distributed:
