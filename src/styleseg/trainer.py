@@ -131,7 +131,7 @@ class PolyLR:
 def fast_bf16(device: Any) -> bool:
     """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports it, or a CPU whose
     oneDNN has a bf16 path (AVX-512 cores, AMX). On an AVX2-only CPU (e.g. AMD Zen 3) bf16 autocast is emulated
-    and a U-Net training step is ~15x slower than in float32 (BENCHMARKS.md)."""
+    and a U-Net training step is ~11x slower than in float32 (BENCHMARKS.md)."""
     import torch
 
     dev = torch.device(device)
@@ -161,8 +161,7 @@ def resolve_amp(amp: str, device: Any, where: str = "train_seg.amp") -> str:
         _warned_bf16.add(dev.type)
         log.warning("%s = \"bf16\" on a %s without native bfloat16 (%s): it runs emulated, many times slower than "
                     "float32; set %s = \"auto\" to use bf16 only where the hardware has it", where, dev.type,
-                    torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-                    where)
+                    torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else dev, where)
     return amp
 
 
