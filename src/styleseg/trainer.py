@@ -119,13 +119,20 @@ class TrainingRun:
 
 
 class PolyLR:
-    """nnU-Net's polynomial decay lr * (1 - step / total) ** 0.9 (picklable, unlike a lambda)."""
+    """nnU-Net's polynomial decay lr * (1 - step / total) ** 0.9 (picklable, unlike a lambda). With ``hold`` > 0
+    the first ``hold`` share of the steps run at the full rate and the decay spans the rest, from 1 at step
+    ``hold * total`` to 0 at ``total`` (a warmup-free "stable, then decay" schedule)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, hold: float = 0.0):
+        if not 0.0 <= hold < 1.0:
+            raise ValueError(f"PolyLR: hold must be in [0, 1), got {hold}")
         self.total = max(total, 1)
+        self.start = hold * self.total
 
     def __call__(self, step: int) -> float:
-        return max(1.0 - step / self.total, 0.0) ** 0.9
+        if step <= self.start:
+            return 1.0
+        return max(1.0 - (step - self.start) / (self.total - self.start), 0.0) ** 0.9
 
 
 def fast_bf16(device: Any) -> bool:

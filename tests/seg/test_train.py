@@ -22,7 +22,32 @@ def test_presets_and_validation():
         SegTrainConfig(crop=100, depth=4)
     with pytest.raises(ConfigError, match="preset"):
         SegTrainConfig.preset("fast")
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="lr_hold"):
+            SegTrainConfig(lr_hold=bad)
 
+
+def test_poly_schedule_with_a_hold():
+    from styleseg.trainer import PolyLR
+
+    plain, held = PolyLR(100), PolyLR(100, hold=0.6)
+    # hold 0 is nnU-Net's decay from the first step
+    assert [plain(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5**0.9, 0.0])
+    # hold 0.6: full rate up to step 60, then the same curve squeezed into the last 40 steps
+    assert [held(s) for s in (0, 30, 60)] == [1.0, 1.0, 1.0]
+    assert [held(s) for s in (70, 80, 100, 120)] == pytest.approx([0.75**0.9, 0.5**0.9, 0.0, 0.0])
+    with pytest.raises(ValueError, match="hold"):
+        PolyLR(100, hold=1.0)
+
+
+def test_lr_hold_reaches_the_optimiser(tmp_path, toy_dataset, toy_cfg):
+    """The logged learning rate of each epoch follows the held schedule in a real training run."""
+    cfg = dataclasses.replace(toy_cfg, epochs=4, steps_per_epoch=5, lr=1e-3, lr_hold=0.5)
+    out = tmp_path / "m"
+    train_segmentation([toy_dataset], out, cfg, progress=False)
+    lrs = [json.loads(x)["lr"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    # the rate after each epoch's last step: steps 5 and 10 still held; 15 and 20 on the decay over steps 10..20
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 0.5**0.9, 0.0])
 
 
 

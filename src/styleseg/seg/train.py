@@ -83,6 +83,10 @@ class SegTrainConfig:
     # validate each epoch on at most this many evenly spaced slices of each validation case (0: every slice); on
     # a CPU whole 512 x 512 volumes make validation cost as much as the epoch's training
     val_slices: int = new_option(0)
+    # the share of the training steps run at the full learning rate before the poly decay starts (0: nnU-Net's
+    # decay from the first step). A short schedule that decays from the start spends its late steps at a small
+    # rate, which is when a small, low-contrast structure (the spinal cord) is first learned (BENCHMARKS.md)
+    lr_hold: float = new_option(0.0)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -101,6 +105,8 @@ class SegTrainConfig:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
         if not 0.0 <= self.foreground_prob <= 1.0 or not 0.0 <= self.elastic_prob <= 1.0:
             raise ConfigError("train_seg.foreground_prob and elastic_prob must be in [0, 1]")
+        if not 0.0 <= self.lr_hold < 1.0:
+            raise ConfigError(f"train_seg.lr_hold must be in [0, 1) (a share of the steps), got {self.lr_hold}")
         if self.val_slices < 0:
             raise ConfigError(f"train_seg.val_slices must be >= 0 (0: every slice), got {self.val_slices}")
         if self.consistency_weight < 0 or (self.consistency_weight > 0 and self.batch_size % 2):
@@ -227,7 +233,7 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                               weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLR(cfg.epochs * steps_per_epoch, cfg.lr_hold))
     amp = resolve_amp(cfg.amp, device)
     if cfg.amp == "auto":
         log.info("amp auto: %s on %s", "bf16" if amp == "bf16" else "float32 (no native bf16)", device)
