@@ -7,7 +7,8 @@ Each RUN (optionally ``RUN=LABEL``: its arms are shown as ``arm (LABEL)``) is a 
 difference to the run's reference arm with its CI (**bold** when the CI excludes 0, else unresolved); the share of
 the oracle's gap an arm closes, (arm - reference) / (oracle - reference), where the oracle's gap is resolved; and
 per arm whether every seed's training converged (best validation Dice of the last third of the epochs minus the
-best before it < 0.01). Arms that two runs share (the same reference, reused) are printed once.
+best before it < 0.01). Arms that two runs share (the same reference, reused) are printed once. Where a run has
+same-scan pairs (RUN/agreement.json), its agreement over seeds and the paired difference to the reference follow.
 """
 
 from __future__ import annotations
@@ -83,7 +84,36 @@ def main() -> int:
             else:
                 cells.append(f"{d['mean_diff'] / g['mean_diff']:+.0%}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for spec in args.runs:
+        agreement(spec)
     return 0
+
+
+def agreement(spec: str) -> None:
+    """The same-scan agreement of RUN/agreement.json over seeds: mean [CI] per arm (``*``: the structure was found
+    in neither scan of a pair in that many seed x pair cells, which count as 1) and the paired difference to the
+    reference."""
+    path, _, label = spec.partition("=")
+    f = Path(path) / "agreement.json"
+    summ = json.loads(f.read_text()).get("summary") if f.exists() else None
+    if not summ or not summ.get("arms"):
+        return
+    arms = summ["arms"]
+    structures = [s for s in STRUCTURES if any(s in a["mean"] for a in arms.values())]
+    title = f" ({label})" if label else ""
+    print(f"\nAgreement on the same-scan pairs{title}: Dice between the two predictions, over seeds x pairs [95% CI]"
+          "; (*k*: found in neither scan in k cells)\n")
+    print("| arm | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+    for name, a in arms.items():
+        cells = [cell(a["mean"].get(s)) + (f" (*{a['absent'][s]}*)" if a.get("absent", {}).get(s) else "")
+                 for s in structures]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if any("vs_reference" in a for a in arms.values()):
+        print(f"\nAgreement, paired difference to the reference ({summ.get('reference')}); bold: resolved\n")
+        print("| arm - reference | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+        for name, a in arms.items():
+            if "vs_reference" in a:
+                print(f"| {name} | " + " | ".join(cell(a["vs_reference"].get(s), True) for s in structures) + " |")
 
 
 if __name__ == "__main__":

@@ -218,9 +218,14 @@ def test_a_run_folder_of_the_previous_version_is_still_reported(copy: Path) -> N
            "arm_titles": {a: ARMS[a].title for a in ALL_ARMS}, "baseline": "baseline", "oracle": "oracle",
            "target_ref": "demo-run/data/target_test", "stages": {}, "config": {}}
     (copy / "run.json").write_text(json.dumps(old))
+    # agreement.json before it held a summary over seeds: the first seed's means, one value per arm and structure
+    (copy / "agreement.json").write_text(json.dumps({"pairs": [["x/a.nii.gz", "x/b.nii.gz"]],
+                                                     "arms": {"baseline": {"heart": 0.4321}}}))
     text = write_report(copy, copy / "old.html", n_boot=50).read_text()
     assert "Segmentations (as the paper" in text and "not found" not in text
     assert htmllib.escape(ARMS["styleseg"].title) in text
+    section = text[text.index("<h2>Agreement on same-scan pairs</h2>"):]
+    assert "a.nii.gz / b.nii.gz" in section and "<td>0.432</td>" in section
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
@@ -279,6 +284,19 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True).stdout
     cell = f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
     assert cell in table and (f"**{cell}**" in table) == d["resolved"]
+    # the same-scan agreement over both seeds, with each arm's paired difference to the reference
+    agree = json.loads((run / "agreement.json").read_text())
+    assert set(agree["per_seed"]["styleseg_ref"]) == {"3", "4"}
+    a = agree["summary"]["arms"]["styleseg_ref"]
+    assert a["mean"]["lung_left"]["n_seeds"] == 2 and a["mean"]["lung_left"]["n_cases"] == 1
+    ad = a["vs_reference"]["lung_left"]
+    assert ad["n_seeds"] == [2, 2] and ad["ci_low"] <= ad["mean_diff"] <= ad["ci_high"]
+    assert set(a["absent"]) == set(a["mean"]) and all(0 <= k <= 2 for k in a["absent"].values())
+    acell = f"{ad['mean_diff']:+.3f} [{ad['ci_low']:+.3f}, {ad['ci_high']:+.3f}]"
+    assert "Agreement on the same-scan pairs (toy)" in table and acell in table
     text = (run / "report.html").read_text()
     assert "Over 2 training seeds" in text and "Paired difference to the reference arm (reference)" in text
+    section = text[text.index("<h2>Agreement on same-scan pairs</h2>"):]
+    assert "pair_a.nii.gz / pair_b.nii.gz" in section
+    assert f"{ad['mean_diff']:+.3f} <span class=ci>[{ad['ci_low']:+.3f}, {ad['ci_high']:+.3f}]</span>" in section
     assert run_experiment(cfg, run)["all_skipped"]

@@ -62,6 +62,38 @@ def _job_summary(con, summary: dict) -> None:
     con.print(tab)
 
 
+def _print_agreement(con, run_dir: Path) -> None:
+    """The same-scan agreement table of RUN/agreement.json, over seeds with CIs where there are several."""
+    import json
+
+    from rich.table import Table
+
+    agree = run_dir / "agreement.json"
+    if not agree.exists():
+        return
+    data = json.loads(agree.read_text())
+    summ = data.get("summary", {}).get("arms") or {a: {"mean": {s: {"mean": v} for s, v in d.items()}}
+                                                    for a, d in data["arms"].items()}
+    if not summ:
+        return
+    structures = list(next(iter(summ.values()))["mean"])
+    n_seeds = len(next(iter(data.get("seeds", {}).values()), {})) or 1
+    tab = Table(title="Agreement between the two scans of each same-scan pair (Dice of the predictions"
+                + (f", mean over {n_seeds} seeds [95% CI]" if n_seeds > 1 else "")
+                + "; * = found in neither scan at least once)")
+    tab.add_column("arm", no_wrap=True)
+    for s in structures:
+        tab.add_column(s, justify="right")
+    for arm, e in summ.items():
+        cells = []
+        for s in structures:
+            d = e["mean"][s]
+            c = f"{d['mean']:.3f}" + (f" [{d['ci_low']:.2f}, {d['ci_high']:.2f}]" if n_seeds > 1 else "")
+            cells.append(c + ("*" if e.get("absent", {}).get(s) else ""))
+        tab.add_row(esc(arm), *cells)
+    con.print(tab)
+
+
 def _execute(cfg, run_dir: Path, dry_run: bool, shard: tuple[int, int] | None = None,
              until: str | None = None) -> None:
     import time
@@ -106,20 +138,7 @@ def _execute(cfg, run_dir: Path, dry_run: bool, shard: tuple[int, int] | None = 
                         *[f"{r[s]:.3f}" if s in r else "-" for s in structures],
                         f"{r['pixel_acc']:.4f}" if "pixel_acc" in r else "-")
         con.print(tab)
-    agree = run_dir / "agreement.json"
-    if agree.exists():
-        import json
-
-        res = json.loads(agree.read_text())["arms"]
-        if res:
-            structures = list(next(iter(res.values())))
-            tab = Table(title="Agreement between the two scans of each same-scan pair (Dice of the predictions)")
-            tab.add_column("arm")
-            for s in structures:
-                tab.add_column(s, justify="right")
-            for arm, d in res.items():
-                tab.add_row(esc(arm), *[f"{d[s]:.3f}" for s in structures])
-            con.print(tab)
+    _print_agreement(con, run_dir)
     for arm, why in summary["skipped_arms"].items():
         con.print(f"[yellow]arm {esc(arm)} skipped:[/] {esc(why)}", highlight=False)
     con.print(f"total {time.time() - t0:.0f} s; report: [bold]{esc(summary['report'])}[/]", highlight=False)

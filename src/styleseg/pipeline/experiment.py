@@ -245,17 +245,20 @@ class Experiment(ArmStages):
     # -- across arms and seeds --------------------------------------------------------------------
     def stage_agreement(self) -> None:
         """Texture robustness without labels: Dice between each arm's predictions on the two scans of a pair, per
-        seed (``arms``: the first seed, ``seeds``: every seed)."""
+        seed (``arms``: the first seed, ``seeds``: every seed, ``per_seed``: per pair, with where a structure was
+        found in neither scan) and over seeds (``summary``: means with CIs over seeds x pairs and each arm's paired
+        difference to the reference arm, :func:`~styleseg.eval.agreement.summarise_agreement`)."""
         pairs = self.cfg.data.agreement_pairs
         out = self.run / "agreement.json"
 
         def build(stale: bool) -> None:
-            from styleseg.eval.agreement import pair_agreement
+            from styleseg.eval.agreement import pair_agreement, summarise_agreement
             from styleseg.io.dataset import Dataset
             from styleseg.seg.predict import Predictor
 
             schema = Dataset(self.data_dir / "source").schema
             result: dict[str, Any] = {"pairs": [list(p) for p in pairs], "arms": {}, "seeds": {}}
+            per_seed: dict[str, dict[str, Any]] = {}
             for name in self.cfg.arms:
                 arm = ARMS[name]
                 step = TEST_TIME[arm.test_time](self) if arm.test_time else None
@@ -266,12 +269,17 @@ class Experiment(ArmStages):
                     pred = Predictor(model, **self.predict_options())
                     res = pair_agreement(lambda v, p=pred: p.predict_volume(v).array, pairs, schema, step)
                     result["seeds"].setdefault(name, {})[str(seed)] = res["mean"]
+                    per_seed.setdefault(name, {})[str(seed)] = {"per_pair": res["per_pair"], "absent": res["absent"]}
                     if seed == self.seeds[0]:
                         result["arms"][name] = res["mean"]
+            result["per_seed"] = per_seed
+            ev = self.cfg.evaluate
+            result["summary"] = summarise_agreement(per_seed, self.cfg.reference_arm, ev.n_boot, ev.seed)
             write_json(out, result)
         upstream = [s for s in self.hashes if s.startswith("train_")]
-        self._stage("agreement", {"pairs": [list(p) for p in pairs], "seeds": list(self.seeds)}, sorted(upstream),
-                    [out], build)
+        self._stage("agreement", {"pairs": [list(p) for p in pairs], "seeds": list(self.seeds), "summary": 1,
+                                  "reference": self.cfg.reference_arm, "n_boot": self.cfg.evaluate.n_boot},
+                    sorted(upstream), [out], build)
 
     def stage_seed_summary(self) -> None:
         """Per arm over seeds x cases: means with 95% CIs and the paired difference to the reference arm."""

@@ -9,11 +9,14 @@ missing; documented in docs/eval.md)::
     RUN/arms/<arm>/**/train_log.jsonl   per-epoch JSON lines: "epoch", "loss", optional "val_dice", ...
     RUN/generators/**/train_log.jsonl   generator training logs (loss curves)
     RUN/figures/*.png                   extra figures (e.g. style grid); caption from a sibling .txt
+    RUN/seeds.json                      means over training seeds and paired differences to the reference arm
+    RUN/agreement.json                  each arm's agreement between the two scans of same-scan pairs
 
 Contents: metric tables per arm with 95% CIs, per-structure bar charts, the paired difference of each
 arm against the baseline (bootstrap CI, Wilcoxon p), the share of the domain gap closed
 ``(arm - baseline) / (oracle - baseline)`` when an oracle arm exists, overlays like the paper's
-Figs. 3-4, training curves, stage timings and the run's config.
+Figs. 3-4, training curves, stage timings and the run's config; over seeds, means with CIs, paired
+differences to the reference arm and convergence; the label-free agreement on same-scan pairs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from styleseg.eval.report.tables import (
     METRIC_TITLES,
     _ci_cell,
     _e,
+    _num,
     _table,
     diff_table,
     gap_closed,
@@ -251,16 +255,23 @@ def _figures_section(rf: RunFolder) -> list[str]:
     return parts
 
 
+def _read_json(rf: RunFolder, name: str) -> Any:
+    """RUN/name parsed, or None when absent (or invalid, which the report's "not in this run folder" box lists)."""
+    path = rf.root / name
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        rf.missing.append(f"{name} is not valid JSON ({e})")
+        return None
+
+
 def _seeds_section(rf: RunFolder) -> str:
     """Means over seeds x cases with 95% CIs, each arm's paired difference to the reference arm (bold when the CI
     excludes 0, 'unresolved' otherwise) and whether its training converged (from RUN/seeds.json)."""
-    path = rf.root / "seeds.json"
-    if not path.exists():
-        return ""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        rf.missing.append(f"seeds.json is not valid JSON ({e})")
+    data = _read_json(rf, "seeds.json")
+    if data is None:
         return ""
     arms, ref = data.get("arms", {}), data.get("reference")
     structures = list(dict.fromkeys(s for a in arms.values() for s in a.get("mean", {})))
@@ -276,13 +287,7 @@ def _seeds_section(rf: RunFolder) -> str:
             continue
         cells = []
         for s in structures:
-            d = a["vs_reference"].get(s, {}).get("dice")
-            if not d or d.get("mean_diff") is None:
-                cells.append("<td>–</td>")
-                continue
-            txt = f"{d['mean_diff']:+.3f} <span class=ci>[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]</span>"
-            cells.append(f"<td class=best>{txt}</td>" if d.get("resolved") and d["mean_diff"] > 0 else
-                         f"<td>{txt}</td>" if d.get("resolved") else f"<td>{txt} <i>unresolved</i></td>")
+            cells.append(_diff_cell(a["vs_reference"].get(s, {}).get("dice")))
         drows.append(f"<tr><td class=l>{_e(name)}</td>{''.join(cells)}</tr>")
     if drows:
         parts.append(f"<h3>Paired difference to the reference arm ({_e(ref)})</h3><p class=sub>Same test cases, seeds "
@@ -298,6 +303,52 @@ def _seeds_section(rf: RunFolder) -> str:
     parts.append("<h3>Convergence</h3><p class=sub>Per seed, the best validation Dice (mean over organs) of the last "
                  "third of the epochs minus the best before it; converged when < 0.01 for every seed.</p>"
                  + _table(["arm", "late improvement per seed", "converged"], crows))
+    return "".join(parts)
+
+
+def _diff_cell(d: Mapping[str, Any] | None) -> str:
+    """A paired difference with its CI: bold when resolved and better, marked unresolved when its CI contains 0."""
+    if not d or d.get("mean_diff") is None:
+        return "<td>–</td>"
+    txt = f"{d['mean_diff']:+.3f} <span class=ci>[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]</span>"
+    return (f"<td class=best>{txt}</td>" if d.get("resolved") and d["mean_diff"] > 0 else
+            f"<td>{txt}</td>" if d.get("resolved") else f"<td>{txt} <i>unresolved</i></td>")
+
+
+def _agreement_section(rf: RunFolder) -> str:
+    """Label-free texture robustness (RUN/agreement.json): per arm the Dice between its predictions on the two scans
+    of each same-scan pair, over seeds x pairs with CIs, and the paired difference to the reference arm."""
+    data = _read_json(rf, "agreement.json")
+    if data is None:
+        return ""
+    pairs = ", ".join(" / ".join(Path(str(x)).name for x in p) for p in data.get("pairs", []))
+    summary = data.get("summary")
+    head = (f"<h2>Agreement on same-scan pairs</h2><p class=sub>Dice between an arm's predictions on the two "
+            f"reconstructions of one scan ({_e(pairs)}): no labels needed; 1 = the same segmentation on both "
+            "textures. A structure found in neither scan counts as 1; the cells say how often that happened.</p>")
+    if not summary:  # a run folder of an earlier version: the first seed's means only
+        arms = data.get("arms", {})
+        structures = list(dict.fromkeys(s for d in arms.values() for s in d))
+        rows = [f"<tr><td class=l>{_e(a)}</td>" + "".join(f"<td>{_num(d.get(s), 3)}</td>" for s in structures)
+                + "</tr>" for a, d in arms.items()]
+        return head + _table(["arm", *structures], rows) if rows else ""
+    arms, ref = summary.get("arms", {}), summary.get("reference")
+    structures = list(dict.fromkeys(s for a in arms.values() for s in a.get("mean", {})))
+    rows = []
+    for name, a in arms.items():
+        cells = []
+        for s in structures:
+            c = _ci_cell(a["mean"].get(s), 3)
+            k = a.get("absent", {}).get(s, 0)
+            cells.append(c.replace("</td>", f" <i>found in neither: {k}</i></td>") if k else c)
+        rows.append(f"<tr><td class=l>{_e(name)}</td>{''.join(cells)}</tr>")
+    parts = [head + _table(["arm", *structures], rows)]
+    drows = [f"<tr><td class=l>{_e(name)}</td>" + "".join(_diff_cell(a["vs_reference"].get(s)) for s in structures)
+             + "</tr>" for name, a in arms.items() if a.get("vs_reference")]
+    if drows and ref:
+        parts.append(f"<h3>Agreement: paired difference to the reference arm ({_e(ref)})</h3><p class=sub>Same "
+                     "pairs, seeds of each arm resampled on their own; bold: resolved and more self-consistent.</p>"
+                     + _table([f"arm − {ref}", *structures], drows))
     return "".join(parts)
 
 
@@ -318,6 +369,7 @@ def build_html(rf: RunFolder, n_boot: int = 2000, max_cases: int = 3) -> str:
     elif arms:
         rf.missing.append("a baseline arm (arms/baseline or run.json 'baseline'): no paired differences")
     parts.append(_seeds_section(rf))
+    parts.append(_agreement_section(rf))
     oracle = next((a for a in arms if a.name == rf.oracle), None)
     if base is not None and oracle is not None:
         parts.append(_gap_section(arms, base, oracle, structures))
