@@ -113,3 +113,27 @@ def test_pair_batches_hold_a_crop_and_the_same_crop_of_a_restyled_version():
     np.testing.assert_array_equal(y[:4].numpy(), y[4:].numpy())
     with pytest.raises(ConfigError, match="generated versions"):
         PairBatcher([src, other], aug, InputSpec(), 0)
+
+
+def test_split_cases_validates_on_real_slices_only():
+    """Validation patients come from patients with a real case; their generated and pseudo-labelled versions
+    are neither validated on nor trained on; pseudo-labelled target patients never become validation."""
+    from styleseg.seg.data import split_cases
+
+    def case(key, patient, generated=False, pseudo=False):
+        z = np.zeros((1, 4, 4), np.int16)
+        return TrainCase(key, patient, z, z.astype(np.uint8), np.ones(2, bool), (1.0, 1.0), key.split("_")[0],
+                         generated, pseudo)
+
+    cases = [case("A", "A"), case("A_s0", "A", generated=True), case("A_s1", "A", generated=True),
+             case("B", "B"), case("B_s0", "B", generated=True),
+             case("T_z001", "T", pseudo=True), case("T_z002", "T", pseudo=True)]
+    train, val = split_cases(cases, 0.5, seed=0, val_cases=["A_s1"])
+    assert [c.key for c in val] == ["A"]
+    assert [c.key for c in train] == ["B", "B_s0", "T_z001", "T_z002"]
+    for seed in range(20):  # drawn among A and B only, one of the two
+        train, val = split_cases(cases, 0.5, seed=seed)
+        assert len(val) == 1 and val[0].key in ("A", "B")
+        assert {c.patient for c in train} == {"A", "B", "T"} - {val[0].patient}
+    with pytest.raises(ConfigError):
+        split_cases(cases, 0.5, 0, val_cases=["Z"])

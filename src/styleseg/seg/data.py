@@ -4,7 +4,9 @@
   augmented), int16 HU + uint8 labels in canonical orientation; ``labelsRef`` labels are never used.
 - :func:`patient_split`: whole patients (:attr:`styleseg.io.dataset.CaseRecord.patient`) go to one side,
   so the generated copies of a source case, or the re-imaged versions of one patient, never sit on both
-  sides of the train/validation split.
+  sides of the train/validation split. :func:`split_cases` applies it to loaded cases: validation patients are
+  drawn among patients with a real annotated case, and only those real cases are validated on, never their
+  generated or pseudo-labelled versions (which are then dropped from training too).
 - :class:`Batcher`: one seeded generator draws slice indices and per-sample seeds, so every DDP rank sees
   the same draw and its state resumes exactly; crops are augmented at native spacing.
 """
@@ -34,6 +36,12 @@ class TrainCase:
     spacing: tuple[float, float]
     origin: str = ""  # the source case a generated case was made from (itself for an original)
     generated: bool = False  # a generated (restyled) version of ``origin``, same geometry and labels
+    pseudo: bool = False  # labels predicted by a model (cyclic training), not drawn by an annotator
+
+    @property
+    def real(self) -> bool:
+        """An acquired image with annotator labels: what validation measures a model on."""
+        return not (self.generated or self.pseudo)
 
 
 def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[TrainCase], Any]:
@@ -74,7 +82,7 @@ def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[Trai
             origin = f"{ds.name}/{prov.get('source_case') or rec.case_id}" if multi else \
                 str(prov.get("source_case") or rec.case_id)
             cases.append(TrainCase(key, rec.patient, arr, lab_arr, ann, (img.spacing[0], img.spacing[1]), origin,
-                                   prov.get("style") is not None))
+                                   prov.get("style") is not None, rec.extras.get("pseudo_label") is not None))
     if not cases:
         raise InputError(datasets[0] if datasets else None, "no case with training labels (labelsTr)",
                          "train on an annotated dataset (import one with `styleseg import`)")
@@ -99,6 +107,29 @@ def patient_split(patients: Sequence[str], val_fraction: float, seed: int,
     perm = np.random.default_rng(seed).permutation(len(uniq))
     vp = {uniq[i] for i in perm[:n_val]}
     return [p in vp for p in patients]
+
+
+def split_cases(cases: Sequence[TrainCase], val_fraction: float, seed: int,
+                val_cases: Sequence[str] | None = None) -> tuple[list[TrainCase], list[TrainCase]]:
+    """(training, validation) cases. Validation patients are drawn (:func:`patient_split`) among the patients
+    with a real case (:attr:`TrainCase.real`), and only their real cases are validated on: a validation Dice
+    on restyled slices measures the generators as much as the U-Net, is not comparable between arms, and
+    costs one more pass per style. The generated and pseudo-labelled versions of a validation patient are
+    left out of training as well, so no version of its anatomy is learned from."""
+    real = [c for c in cases if c.real]
+    if val_cases is not None:
+        keys = {c.key for c in cases}
+        unknown = set(val_cases) - keys - {c.patient for c in cases}
+        if unknown:
+            raise ConfigError(f"val_cases {sorted(unknown)} are not training cases ({sorted(keys)})")
+        chosen = set(val_cases)
+        val_patients = {c.patient for c in cases if c.key in chosen or c.patient in chosen}
+    else:
+        is_val = patient_split([c.patient for c in real], val_fraction, seed, None, [c.key for c in real])
+        val_patients = {c.patient for c, v in zip(real, is_val, strict=True) if v}
+    train = [c for c in cases if c.patient not in val_patients]
+    val = [c for c in cases if c.patient in val_patients and c.real]
+    return train, val
 
 
 class Batcher:

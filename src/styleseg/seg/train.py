@@ -27,7 +27,7 @@ import numpy as np
 from styleseg.config import check_preset, config_hash, new_option, to_dict
 from styleseg.errors import ConfigError, InputError
 from styleseg.io.atomic import check_output_folder
-from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, patient_split
+from styleseg.seg.data import Batcher, PairBatcher, TrainCase, load_cases, split_cases
 from styleseg.seg.inputs import InputSpec
 from styleseg.trainer import PolyLR, distributed_context, resolve_amp, state_hash
 
@@ -210,9 +210,7 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     seed_everything(cfg.seed)
     spec_in = cfg.inputs
     cases, schema = load_cases(datasets, cfg.downsample)
-    is_val = patient_split([c.patient for c in cases], cfg.val_fraction, cfg.seed, val_cases, [c.key for c in cases])
-    train_cases = [c for c, v in zip(cases, is_val, strict=True) if not v]
-    val_set = [c for c, v in zip(cases, is_val, strict=True) if v]
+    train_cases, val_set = split_cases(cases, cfg.val_fraction, cfg.seed, val_cases)
     if not train_cases:
         raise ConfigError("no training case left after the validation split; lower val_fraction")
     catch_all = [0] + [schema.value(n) for n in CATCH_ALL_NAMES if n in schema.names]
@@ -242,7 +240,9 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    chash = config_hash(cfg, extra=[str(d.resolve()) for d in datasets])
+    # the split is part of what a checkpoint was trained on: one of another split is not resumed
+    chash = config_hash(cfg, extra=[str(d.resolve()) for d in datasets]
+                        + ["val:" + ",".join(c.key for c in val_set), "train:" + ",".join(c.key for c in train_cases)])
     meta = {"architecture": arch.to_json(), "labels": schema.to_labels_dict(), **spec_in.to_model_json(),
             "catch_all": catch_all, "config": to_dict(cfg), "config_hash": chash,
             "split": {"train": [c.key for c in train_cases], "val": [c.key for c in val_set]},
