@@ -46,6 +46,44 @@ def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, thread
     return time.perf_counter() - t0
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to send this process SIGTERM when its parent dies, so a
+    ``styleseg run`` killed by any signal (a scheduler's SIGKILL included) leaves no training running on and
+    writing into the run folder; its checkpoints let the next run resume. A parent that died while this worker
+    was starting (before the request) is caught by the parent pid check. No-op elsewhere."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except OSError:
+            return
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def training_pool(jobs: int) -> Any:
+    """``jobs`` spawned worker processes for U-Net trainings (spawn: no forked torch thread pools)."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def stop_pool(pool: Any, wait: bool) -> None:
+    """Shut ``pool`` down: after its jobs (``wait``), or at once, its workers terminated, when the run stops on
+    an error or an interrupt (waiting would hold Ctrl-C until the running trainings end)."""
+    if not wait:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+    pool.shutdown(wait=wait, cancel_futures=True)
+
+
 class ArmStages:
     """Mixed into :class:`styleseg.pipeline.experiment.Experiment`: the per-arm, per-seed stages."""
 
@@ -148,12 +186,10 @@ class ArmStages:
 
         jobs = self.cfg.jobs
         if jobs > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             self.worker_threads = max(1, cpus // jobs)
-            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+            self.pool = training_pool(jobs)
+        ok = False
         try:
             for seed in self.seeds:
                 for arm in ready:
@@ -166,9 +202,10 @@ class ArmStages:
                         if arm.rounds >= r:
                             self.stage_cyclic_round(arm, seed, r)
                 self.collect_trainings()
+            ok = True
         finally:
             if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
+                stop_pool(self.pool, wait=ok)
                 self.pool = None
 
     # -- prediction and evaluation ------------------------------------------------------------------
