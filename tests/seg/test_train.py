@@ -152,3 +152,37 @@ def test_validation_split_keeps_each_patient_on_one_side(tmp_path):
     patients = {side: {c.split("_")[0] for c in split[side]} for side in ("train", "val")}
     assert patients["val"] and not patients["train"] & patients["val"]
     assert len(split["val"]) == 3  # one whole patient: its three versions
+
+
+def test_validation_uses_the_real_case_of_a_patient_only(tmp_path):
+    """A dataset as `styleseg augment` and cyclic rounds write it: restyled versions (provenance.style) and
+    pseudo-labelled target slices (pseudo_label). model.json's split validates on one real source case, and
+    neither its restyled versions nor any pseudo-labelled case reach validation."""
+    from seg_builders import toy_case
+
+    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.volume import Volume
+    from styleseg.labels import LabelSchema
+
+    rng = np.random.default_rng(1)
+    with DatasetWriter(tmp_path / "aug", "aug-like", LabelSchema.default()) as w:
+        for p in range(4):
+            vol, lab = toy_case(rng, n=2, size=32, shift=p % 3 - 1)
+            img = Volume(vol.astype(np.int16), (1.0, 1.0, 3.0))
+            w.add_case(f"P{p}", img, img.with_array(lab), patient=f"P{p}")
+            for s in range(2):
+                gen = img.with_array((vol + rng.normal(0, 30, vol.shape)).astype(np.int16))
+                w.add_case(f"P{p}_s{s:02d}", gen, gen.with_array(lab), patient=f"P{p}",
+                           provenance={"source_case": f"P{p}", "style": s})
+        for z in range(3):
+            vol, lab = toy_case(rng, n=1, size=32)
+            img = Volume(vol.astype(np.int16), (1.0, 1.0, 3.0))
+            w.add_case(f"T_z{z:03d}", img, img.with_array(lab), patient="T", pseudo_label={"confidence": 0.9})
+    cfg = dataclasses.replace(SegTrainConfig.preset("quick"), base_channels=4, depth=2, crop=24, batch_size=2,
+                              epochs=1, steps_per_epoch=1, val_fraction=0.25)
+    out = train_segmentation([tmp_path / "aug"], tmp_path / "m", cfg, progress=False)
+    split = json.loads((out / "model.json").read_text())["split"]
+    assert len(split["val"]) == 1 and split["val"][0] in {"P0", "P1", "P2", "P3"}
+    val_patient = split["val"][0]
+    assert not any(k.startswith(val_patient) for k in split["train"])
+    assert sum(k.startswith("T_") for k in split["train"]) == 3
