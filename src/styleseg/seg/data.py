@@ -116,17 +116,9 @@ def split_cases(cases: Sequence[TrainCase], val_fraction: float, seed: int,
     on restyled slices measures the generators as much as the U-Net, is not comparable between arms, and
     costs one more pass per style. The generated and pseudo-labelled versions of a validation patient are
     left out of training as well, so no version of its anatomy is learned from."""
-    real = [c for c in cases if c.real]
-    if val_cases is not None:
-        keys = {c.key for c in cases}
-        unknown = set(val_cases) - keys - {c.patient for c in cases}
-        if unknown:
-            raise ConfigError(f"val_cases {sorted(unknown)} are not training cases ({sorted(keys)})")
-        chosen = set(val_cases)
-        val_patients = {c.patient for c in cases if c.key in chosen or c.patient in chosen}
-    else:
-        is_val = patient_split([c.patient for c in real], val_fraction, seed, None, [c.key for c in real])
-        val_patients = {c.patient for c, v in zip(real, is_val, strict=True) if v}
+    pool = list(cases) if val_cases is not None else [c for c in cases if c.real]  # explicit: any case names one
+    is_val = patient_split([c.patient for c in pool], val_fraction, seed, val_cases, [c.key for c in pool])
+    val_patients = {c.patient for c, v in zip(pool, is_val, strict=True) if v}
     train = [c for c in cases if c.patient not in val_patients]
     val = [c for c in cases if c.patient in val_patients and c.real]
     return train, val
