@@ -8,7 +8,7 @@ import pytest
 from seg_builders import slab
 
 from styleseg.errors import ConfigError
-from styleseg.seg.inputs import InputSpec, body_frame, context_stack, position_maps
+from styleseg.seg.inputs import InputSpec, body_box, body_frame, context_stack, position_maps
 
 
 def test_input_spec_round_trips_through_model_json_with_one_default_each():
@@ -46,6 +46,28 @@ def test_body_frame_survives_low_dose_noise():
     want = [49.5, 63.5, 29.5, 53.5]  # rows 20-79, columns 10-117
     np.testing.assert_allclose(body_frame(hu)[0], want, atol=1.0)
     assert np.abs(body_frame(hu, smooth_px=0.0)[0] - want).max() > 10
+
+
+def test_body_box_holds_every_slice_and_the_detached_arms_but_not_the_table():
+    """Two slices of a 256 x 240 field: a chest (rows 60-139, columns 60-169) on a 2-px table (row 200, full
+    width), an arm apart from it (columns 190-209), and a second slice whose chest reaches row 150. The box
+    covers both slices' bodies and the arm with 16 px to spare, rounded to 16, and leaves the table out."""
+    a = np.full((256, 240), -1000.0, np.float32)
+    a[60:140, 60:170] = 40.0
+    a[80:120, 190:210] = 40.0  # the arm: 800 px, over 1% of the chest
+    a[200:202, :] = 200.0  # the table: removed by the 5 x 5 opening
+    b = a.copy()
+    b[140:151, 60:170] = 40.0
+    y0, y1, x0, x1 = body_box(np.stack([a, b]), margin=16, multiple=16)
+    assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
+    assert y0 <= 60 - 16 and y1 >= 151 + 16 and x0 <= 60 - 16 and x1 >= 210 + 16
+    assert y1 < 200 and (y1 - y0) - (151 - 60 + 32) < 16 and (x1 - x0) - (210 - 60 + 32) < 16
+    # a box larger than the slice is the slice; a box at the edge is shifted inside it
+    assert body_box(a, margin=200) == (0, 256, 0, 240)
+    edge = np.full((64, 64), -1000.0, np.float32)
+    edge[0:20, 40:64] = 40.0
+    assert body_box(edge, margin=8, multiple=16) == (0, 48, 16, 64)  # 20 + 16 -> 48 rows; 24 + 16 -> 48 columns
+    assert body_box(np.full((2, 32, 32), -1000.0, np.float32)) is None  # no body
 
 
 def test_position_maps_run_minus_one_to_one_across_the_body():

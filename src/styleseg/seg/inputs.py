@@ -9,6 +9,7 @@ so the two can never disagree on a default. The functions below are the pieces b
   right lungs are where the network learned them;
 - windows (:func:`window_channels`), padded in HU with air before windowing, so every window sees air;
 - position channels (:func:`body_frame`, :func:`position_maps`): each pixel's place in its slice's body box;
+- the predictor's crop to the body (:func:`body_box`);
 - 2.5D stacks (:func:`context_stack`) and area downsampling (:func:`downsample_hu`, :func:`downsample_label`).
 """
 
@@ -164,6 +165,48 @@ def body_frame(hu: np.ndarray, smooth_px: float = FRAME_SMOOTH_PX) -> np.ndarray
             out[i] = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2,
                       max((ys.max() - ys.min()) / 2, 1.0), max((xs.max() - xs.min()) / 2, 1.0))
     return out
+
+
+#: px of air kept around the body by :func:`body_box` (the predictor's crop): structures stay this far from the
+#: crop's edge, well inside what the network saw of its 160 px training crops' context
+BOX_MARGIN_PX = 32
+
+
+def body_box(hu: np.ndarray, margin: int = BOX_MARGIN_PX, multiple: int = 1, smooth_px: float = FRAME_SMOOTH_PX,
+             threshold: float = -400.0) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1): one box around the body of every HU slice of ``hu`` ((H, W) or (..., H, W)), grown by
+    ``margin`` px per side, its height and width rounded up to a multiple of ``multiple`` and kept inside the
+    slice; None when no slice shows a body.
+
+    The body is found as in :func:`styleseg.labels.derive_body` (threshold, a 5 x 5 opening that detaches a thin
+    table), on the pixelwise maximum of the slices low-passed by ``smooth_px``, and unlike there every component of
+    at least 1% of the largest one counts, so arms lying apart from the chest stay inside. The maximum makes it one
+    2D pass per batch, and its mask contains each slice's own. The predictor runs the network on this box only
+    (about half of a 512 x 512 chest slice, BENCHMARKS.md) and carries the logits at its edge (air) outward."""
+    from scipy import ndimage as ndi
+
+    hu = np.asarray(hu, np.float32)
+    proj = hu.reshape(-1, *hu.shape[-2:]).max(0)
+    if smooth_px > 0:
+        proj = ndi.gaussian_filter(proj, smooth_px)
+    mask = proj > threshold
+    mask = ndi.binary_erosion(ndi.binary_erosion(mask, np.ones((1, 5), bool)), np.ones((5, 1), bool))
+    mask = ndi.binary_dilation(ndi.binary_dilation(mask, np.ones((1, 5), bool)), np.ones((5, 1), bool))
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = sizes >= 0.01 * sizes.max()
+    ys, xs = np.nonzero(keep[lab])
+
+    def span(lo: int, hi: int, size: int) -> tuple[int, int]:
+        m = max(int(multiple), 1)
+        extent = min(-(-(hi - lo + 1 + 2 * margin) // m) * m, size)
+        start = min(max((lo + hi + 1 - extent) // 2, 0), size - extent)
+        return start, start + extent
+
+    return (*span(int(ys.min()), int(ys.max()), proj.shape[0]), *span(int(xs.min()), int(xs.max()), proj.shape[1]))
 
 
 def position_maps(frame: Sequence[float], y: np.ndarray, x: np.ndarray) -> np.ndarray:
