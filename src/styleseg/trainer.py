@@ -152,6 +152,42 @@ def fast_bf16(device: Any) -> bool:
         return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+#: glibc's mallopt parameters and the values :func:`tune_allocator` sets (what the MALLOC_*_ variables would)
+_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (-1, 1 << 30),
+            "MALLOC_TOP_PAD_": (-2, 256 << 20)}
+_allocator_tuned: list[bool] = []
+
+
+def tune_allocator() -> bool:
+    """Keep freed CPU tensor memory in the process heap instead of handing it back to the kernel (glibc only;
+    once per process; returns whether it changed anything).
+
+    glibc serves allocations above its mmap threshold (dynamic, at most 32 MiB) with fresh ``mmap`` pages and
+    unmaps them on free, so every op of a U-Net with activations of that size page-faults and zero-fills its
+    output anew: at the predictor's old network batch of 8 (base 32, 512 x 512) that was ~940k page faults and a
+    third of the run in the kernel (BENCHMARKS.md, session 15). This sets the threshold to its 32 MiB maximum and
+    raises the trim threshold and top pad, as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+    MALLOC_TOP_PAD_=268435456`` would at start-up. A variable the user has set is left to them; on a non-glibc
+    platform this does nothing."""
+    if _allocator_tuned:
+        return _allocator_tuned[0]
+    changed = False
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        mallopt = None
+    if mallopt is not None:
+        for var, (param, value) in _MALLOPT.items():
+            if var not in os.environ:
+                changed = bool(mallopt(ctypes.c_int(param), ctypes.c_int(value))) or changed
+    _allocator_tuned.append(changed)
+    return changed
+
+
 _warned_bf16: set[str] = set()
 
 

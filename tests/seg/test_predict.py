@@ -191,3 +191,85 @@ def test_a_model_whose_training_has_not_finished_is_refused(tmp_path, toy_model,
                                    "--allow-incomplete"])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 4
+
+
+class _Local(torch.nn.Module):
+    """A model whose labels depend on each pixel alone, as a trained U-Net's do far from the edge: tissue above
+    40 HU (the soft-tissue window past 0.5) is 1 in front of and right of the body's centre (both position
+    channels < 0), 2 elsewhere; air is label ``air``. It records the shape of every input it is given."""
+
+    def __init__(self, air: int = 0):
+        super().__init__()
+        self.air = air
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        tissue = (x[:, 0] > 0.5).float()
+        front_right = ((x[:, 1] < 0) & (x[:, 2] < 0)).float()
+        out = [tissue * 0, tissue * front_right, tissue * (1 - front_right)]
+        out[self.air] = out[self.air] + (1 - tissue)
+        return 10 * torch.stack(out, 1)
+
+
+def _chest(n: int = 3) -> np.ndarray:
+    """Air, a chest far right of centre in a 200 x 320 field and an arm apart from it, moving down slice by
+    slice: the body's box starts well inside the slice, so a position channel measured in the box's own
+    coordinates would move the boundaries between labels 1 and 2."""
+    hu = np.full((n, 200, 320), -1000.0, np.float32)
+    for z in range(n):
+        hu[z, 40 + z:120 + z, 150:260] = 60.0
+        hu[z, 60:90, 275:290] = 60.0
+    return hu
+
+
+@pytest.mark.parametrize("air", [0, 1])
+def test_the_crop_to_the_body_labels_like_the_whole_slice(air):
+    """The network sees the body's box (smaller than the slice, a multiple of 2**depth) with the position channels
+    of the whole slice; its labels and confidences are those of the whole-slice pass. Outside the box the logits
+    are those at its edge, so even a model that calls air a structure (air=1) labels the slice alike."""
+    spec = InputSpec(windows=("soft_tissue",), position=True)
+    hu = _chest()
+    labs, confs, shapes = [], [], []
+    for crop in (True, False):
+        net = _Local(air)
+        conf = np.zeros(len(hu))
+        labs.append(infer_slices(net, hu, spec, 16, crop=crop, confidence=conf))
+        confs.append(conf)
+        shapes.append(net.seen)
+    np.testing.assert_array_equal(labs[0], labs[1])
+    np.testing.assert_allclose(confs[0], confs[1])
+    assert (labs[0][:, 60:90, 275:290] == 2).all() and (labs[0][:, 100:118, 152:160] == 2).all()
+    assert (labs[0][:, 45:70, 152:160] == 1).all()
+    assert (labs[0][:, 0, 0] == air).all()
+    (h, w) = shapes[0][0][-2:]
+    assert h % 16 == 0 and w % 16 == 0 and h * w < 0.7 * 208 * 320 and shapes[1][0][-2:] == (208, 320)
+
+
+def test_no_body_means_the_whole_slice_and_the_network_takes_two_slices_a_call():
+    spec = InputSpec(windows=("soft_tissue",), position=True)
+    net = _Local()
+    air = np.full((5, 40, 40), -1000.0, np.float32)
+    assert not infer_slices(net, air, spec, 16, batch_size=5).any()
+    assert net.seen == [(2, 3, 48, 48), (2, 3, 48, 48), (1, 3, 48, 48)]
+    net.seen.clear()
+    infer_slices(net, air, spec, 16, batch_size=5, net_batch=5)
+    assert net.seen == [(5, 3, 48, 48)]
+
+
+def test_the_allocator_is_tuned_once_and_a_users_setting_is_left_alone():
+    """glibc: mallopt succeeds (True), and a second call does nothing more; with every MALLOC_*_ variable set by
+    the user it changes nothing (False)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    code = "from styleseg.trainer import tune_allocator as t; print(t(), t())"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+    env.update(MALLOC_MMAP_THRESHOLD_="1", MALLOC_TRIM_THRESHOLD_="1", MALLOC_TOP_PAD_="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,9 +1,11 @@
 """Segmentation inference: the whole-slice core (shared with validation) and the Predictor of a model folder.
 
-HU slices -> (optional area downsampling, the low-resolution comparison arm) -> pad with air to a multiple
-of 2**depth -> the model's input encoding (:class:`styleseg.seg.inputs.InputSpec`: windows, 2.5D context,
-position channels) -> U-Net -> unpad -> (bilinear upsampling of the logits back to the input grid) ->
-argmax. Padding happens in HU, before windowing, so every window sees air, not zeros.
+HU slices -> (optional area downsampling, the low-resolution comparison arm) -> crop to the box around the
+body (the air around it is background; about half the network's work on a chest slice) -> pad with air to a
+multiple of 2**depth -> the model's input encoding (:class:`styleseg.seg.inputs.InputSpec`: windows, 2.5D context,
+position channels in whole-slice coordinates) -> U-Net, two slices per call on a CPU -> unpad -> the box's logits
+carried out to the slice's edge -> (bilinear upsampling of the logits back to the input grid) -> argmax. Padding
+happens in HU, before windowing, so every window sees air, not zeros.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from styleseg.errors import ConfigError, InputError
 from styleseg.seg.inputs import (
     AIR_HU,
     InputSpec,
+    body_box,
     body_frame,
     canonical_flips,
     context_stack,
@@ -37,9 +41,14 @@ from styleseg.seg.resample import (
     spacing_ratio,
 )
 from styleseg.seg.unet import fold_batch_norm, pad_multiple, unpad
-from styleseg.trainer import resolve_amp
+from styleseg.trainer import resolve_amp, tune_allocator
 
 log = logging.getLogger("styleseg.seg.predict")
+
+
+#: slices per network call on a CPU: at base 32 a 512 x 512 activation of 2 slices stays within glibc's largest
+#: mmap threshold (:func:`styleseg.trainer.tune_allocator`); larger calls are no faster per slice (BENCHMARKS.md)
+CPU_NET_BATCH = 2
 
 
 @torch.no_grad()
@@ -47,17 +56,26 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
                  device: torch.device | str = "cpu", batch_size: int = 8, dtype: str = "float32",
                  channels_last: bool = False, before: np.ndarray | None = None,
                  after: np.ndarray | None = None, size: tuple[int, int] | None = None,
-                 confidence: np.ndarray | None = None) -> np.ndarray:
+                 confidence: np.ndarray | None = None, crop: bool = True,
+                 net_batch: int | None = None) -> np.ndarray:
     """Labels (N, H, W) uint8 for HU slices ``hu`` (N, H, W) on the same grid, encoded as ``spec`` says.
     A 2.5D model reads ``before``/``after``, the neighbouring slices outside ``hu``
     (:func:`~styleseg.seg.inputs.context_stack`); position channels are computed in each slice's body frame,
-    found on the (downsampled) slice as in training. ``size``: the (H, W) the slices are resampled to for the
-    network (the model's training spacing, :mod:`styleseg.seg.resample`); the logits come back to the input
+    found on the (downsampled) whole slice as in training. ``size``: the (H, W) the slices are resampled to for
+    the network (the model's training spacing, :mod:`styleseg.seg.resample`); the logits come back to the input
     grid before the argmax. ``confidence`` (an (N,) array), when given, receives each slice's mean
-    winning-class probability over the pixels it labels as a structure (1 when it labels none)."""
+    winning-class probability over the pixels it labels as a structure (1 when it labels none).
+
+    ``crop``: the network sees only the box around the body of each batch of ``batch_size`` slices
+    (:func:`~styleseg.seg.inputs.body_box`, 32 px of air kept around it, its corners snapped outwards to the
+    whole slice's grid of ``multiple`` px so every pooling window holds the pixels it holds in a whole-slice pass;
+    the position channels keep their whole-slice coordinates), and the logits at the box's edge are carried out
+    to the slice's edge, which is air; where no body is found the whole slice is used. ``net_batch``: slices per
+    network call (default :data:`CPU_NET_BATCH` on a CPU, the whole batch elsewhere)."""
     device = torch.device(device)
     out = np.zeros(hu.shape, np.uint8)
     k = spec.context
+    step = net_batch or (CPU_NET_BATCH if device.type == "cpu" else batch_size)
     for i in range(0, hu.shape[0], batch_size):
         j = min(i + batch_size, hu.shape[0])
         xs = context_stack(hu, i, j, k, before, after) if k else hu[i:j, None]
@@ -66,19 +84,34 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
         if size is not None:
             x = resample_images(x, size)
         x = downsample_hu(x, spec.downsample)
-        frames = body_frame(x[:, k].cpu().numpy(), spec.position_smooth_px) if spec.position else None
+        nh, nw = x.shape[-2:]
+        centre = x[:, k].cpu().numpy()
+        frames = body_frame(centre, spec.position_smooth_px) if spec.position else None
         x, pads = pad_multiple(x, multiple, AIR_HU)
-        x = window_channels(x, spec.windows)
+        hp, wp = x.shape[-2:]
+        box = body_box(centre) if crop else None
+        if box is None:
+            y0, y1, x0, x1 = 0, hp, 0, wp
+        else:  # on the padded grid, snapped to multiples of 2**depth: the pooling sees what the whole pass sees
+            y0, x0 = (box[0] + pads[0]) // multiple * multiple, (box[2] + pads[2]) // multiple * multiple
+            y1 = min(hp, -(-(box[1] + pads[0]) // multiple) * multiple)
+            x1 = min(wp, -(-(box[3] + pads[2]) // multiple) * multiple)
+        x = window_channels(x[..., y0:y1, x0:x1], spec.windows)
         if frames is not None:
-            yy = (np.arange(x.shape[-2]) - pads[0])[:, None]
-            xx = (np.arange(x.shape[-1]) - pads[2])[None, :]
+            yy = (np.arange(y0, y1) - pads[0])[:, None]
+            xx = (np.arange(x0, x1) - pads[2])[None, :]
             pos = np.stack([position_maps(f, yy, xx) for f in frames])
             x = torch.cat([x, torch.from_numpy(pos).to(x.device)], dim=1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        parts = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = model(x)
-        logits = unpad(logits.float(), pads)
+            for a in range(0, x.shape[0], step):
+                parts.append(model(x[a:a + step]).float())
+        logits = torch.cat(parts).contiguous()
+        if (y1 - y0, x1 - x0) != (hp, wp):
+            logits = F.pad(logits, (x0, wp - x1, y0, hp - y1), mode="replicate")
+        logits = unpad(logits, pads)
         if tuple(logits.shape[-2:]) != (h, w):
             logits = resample_logits(logits, (h, w))
         out[i:j] = logits.argmax(1).to(torch.uint8).cpu().numpy()
@@ -101,11 +134,14 @@ class Predictor:
     best-epoch weights. ``resample`` (default): slices more than
     :data:`~styleseg.seg.resample.RESAMPLE_TOLERANCE` off the model's training spacing are resampled to it for
     the network and their logits brought back (:mod:`styleseg.seg.resample`); False keeps the native grid.
+    ``crop`` (default): the network sees the box around the body only (:func:`infer_slices`); False: the whole
+    slice. ``batch_size`` slices share one box; on a CPU the network runs :data:`CPU_NET_BATCH` of them per call,
+    and building a Predictor keeps freed memory in the heap (:func:`~styleseg.trainer.tune_allocator`).
     """
 
     def __init__(self, model_folder: str | Path, device: str = "auto", batch_size: int = 8,
                  dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False,
-                 allow_incomplete: bool = False, resample: bool = True):
+                 allow_incomplete: bool = False, resample: bool = True, crop: bool = True):
         from styleseg.runs import choose_device, read_model_folder
         from styleseg.seg.unet import UNet, UNetSpec
 
@@ -140,6 +176,9 @@ class Predictor:
         self.labels: dict[str, int] = dict(self.meta.get("labels", {}))
         self.train_spacing = self.meta.get("train_spacing_mm")
         self.resample = resample
+        self.crop = crop
+        if self.device.type == "cpu":
+            tune_allocator()
 
     @property
     def context(self) -> int:
@@ -163,7 +202,7 @@ class Predictor:
             hu = hu[None]
         return infer_slices(self.model, hu, self.inputs, 2**self.spec.depth, self.device, self.batch_size,
                             self.dtype, self.channels_last, before, after,
-                            self.network_size(hu.shape[-2:], spacing), confidence)
+                            self.network_size(hu.shape[-2:], spacing), confidence, self.crop)
 
     def predict_chunks(self, chunks: Iterable[np.ndarray],
                        spacing: Sequence[float] | None = None) -> Iterator[np.ndarray]:
