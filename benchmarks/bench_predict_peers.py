@@ -9,11 +9,14 @@ window channel; randomly initialised with non-trivial batch-norm statistics: wei
 applied to the same ``--slices`` whole 512 x 512 slices of a real NSCLC volume (../shared/data/nsclc), from HU
 in memory to a label per pixel. Each tool does what a user of it would have it do:
 
-* **styleseg**: ``Predictor.predict_array`` (HU window, batch 8, argmax; bf16 + channels-last, its
-  ``segment`` default, and fp32). It folds batch norm into the convolutions when it loads a model.
-* **MONAI**: ``SlidingWindowInferer(roi_size=(512, 512), sw_batch_size=8)`` on the trained ``nn.Module``
-  after ``ScaleIntensityRange`` with the same window, then argmax: its defaults (fp32), and the same
-  bf16 autocast + channels-last set by hand around the call (MONAI leaves precision to the caller).
+* **styleseg**: ``Predictor.predict_array`` (HU window, batch 8, argmax): bf16 + channels-last with the crop to
+  the body box (its ``segment`` default), the same on whole slices, and fp32 on whole slices. It folds batch norm
+  into the convolutions when it loads a model.
+* **MONAI**: ``SlidingWindowInferer(roi_size=(512, 512))`` on the trained ``nn.Module`` after
+  ``ScaleIntensityRange`` with the same window, then argmax: its defaults (fp32, ``sw_batch_size`` 8), and the
+  same bf16 autocast + channels-last set by hand around the call (MONAI leaves precision to the caller) at
+  ``sw_batch_size`` 8 and 1, with the labels taken by ``max(1).indices`` as the Predictor does (``argmax(1)`` in
+  the defaults row).
 * **nnU-Net**: ``nnUNetPredictor.manual_initialization`` with the same network and weights and the plan that
   nnU-Net's own planner makes for this case (its fingerprint and ``plan_experiment`` are run first; the 2d
   patch is the whole 512 x 512 slice, so one tile per slice), then ``predict_single_npy_array`` on the
@@ -21,8 +24,11 @@ in memory to a label per pixel. Each tool does what a user of it would have it d
   mirroring, and with its default mirroring (4 passes per slice in 2D). nnU-Net runs fp32 on a CPU (it
   enables autocast only on CUDA); its input normalisation differs from the window, so its labels differ.
 
-Each configuration: one warm-up call, then the best of ``--reps`` timed calls (slices/s). The labels of
-every run are compared with styleseg fp32's (share of pixels equal) as a check that the same network ran.
+Every tool runs in this one process under the glibc allocator settings the Predictor sets
+(``styleseg.trainer.tune_allocator``, called first). Each configuration: one warm-up call, then the best of
+``--reps`` timed calls (slices/s). The labels of every whole-slice run are compared with styleseg fp32's (share of
+pixels equal) as a check that the same network ran. This random network labels air as structures, so the crop's
+labels differ from the whole slice's in the air; ``bench_predict_crop.py`` compares the two on a trained model.
 """
 
 from __future__ import annotations
@@ -131,8 +137,10 @@ def main() -> int:
     from styleseg.seg.inputs import WINDOWS
     from styleseg.seg.predict import Predictor
     from styleseg.seg.unet import UNet
+    from styleseg.trainer import tune_allocator
 
     torch.set_num_threads(args.threads)
+    tuned = tune_allocator()  # once per process: every tool below runs under the same glibc settings
     load0 = os.getloadavg()[0]
     plans_path, raw = nnunet_plan(work, args.case)
     dataset_json = json.loads((raw / "dataset.json").read_text())
@@ -151,30 +159,37 @@ def main() -> int:
     n = hu.shape[0]
     rows: list[tuple[str, float, np.ndarray | None]] = []
 
-    for dtype, cl, label in (("bfloat16", True, "styleseg Predictor, bf16 + channels-last (default of segment)"),
-                             ("float32", False, "styleseg Predictor, fp32")):
-        p = Predictor(model, device="cpu", batch_size=8, dtype=dtype, channels_last=cl)
+    for dtype, cl, crop, label in (
+            ("bfloat16", True, True, "styleseg Predictor, bf16 + channels-last, body crop (default of segment)"),
+            ("bfloat16", True, False, "styleseg Predictor, bf16 + channels-last, whole slice"),
+            ("float32", False, False, "styleseg Predictor, fp32, whole slice")):
+        p = Predictor(model, device="cpu", batch_size=8, dtype=dtype, channels_last=cl, crop=crop)
         rows.append((label, *timed(lambda p=p: p.predict_array(hu, spacing=vol.spacing[:2]), n, args.reps)))
         print(f"{rows[-1][0]}: {rows[-1][1]:.2f} slices/s", flush=True)
+    n_ours = len(rows)
 
     centre, width = WINDOWS["soft_tissue"]
     scale = ScaleIntensityRange(a_min=centre - width / 2, a_max=centre + width / 2, b_min=0.0, b_max=1.0, clip=True)
-    inferer = SlidingWindowInferer(roi_size=(512, 512), sw_batch_size=8)
 
-    def monai_run(network: torch.nn.Module, bf16: bool) -> np.ndarray:
+    def monai_run(network: torch.nn.Module, bf16: bool, sw_batch: int) -> np.ndarray:
+        inferer = SlidingWindowInferer(roi_size=(512, 512), sw_batch_size=sw_batch)
         x = torch.as_tensor(scale(torch.from_numpy(hu)[:, None]))
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = inferer(x, network)
-        return logits.float().argmax(1).to(torch.uint8).numpy()
+        # by hand, also the faster reduction the Predictor uses (argmax over NCHW channels is ~15x slower)
+        return (logits.float().max(1).indices if bf16 else logits.argmax(1)).to(torch.uint8).numpy()
 
     net_cl = UNet(spec)
     net_cl.load_state_dict(net.state_dict())
     net_cl.eval().to(memory_format=torch.channels_last)
-    for network, bf16, label in ((net, False, "MONAI SlidingWindowInferer, defaults (fp32)"),
-                                 (net_cl, True, "MONAI SlidingWindowInferer, bf16 autocast + channels-last by hand")):
-        rows.append((label, *timed(lambda network=network, bf16=bf16: monai_run(network, bf16), n, args.reps)))
+    for network, bf16, sw_batch, label in (
+            (net, False, 8, "MONAI SlidingWindowInferer, defaults (fp32, sw_batch_size 8)"),
+            (net_cl, True, 8, "MONAI SlidingWindowInferer, bf16 autocast + channels-last by hand, sw_batch_size 8"),
+            (net_cl, True, 1, "MONAI SlidingWindowInferer, bf16 autocast + channels-last by hand, sw_batch_size 1")):
+        rows.append((label, *timed(lambda network=network, bf16=bf16, sw_batch=sw_batch:
+                                   monai_run(network, bf16, sw_batch), n, args.reps)))
         print(f"{rows[-1][0]}: {rows[-1][1]:.2f} slices/s", flush=True)
 
     pm = PlansManager(str(plans_path))
@@ -195,20 +210,21 @@ def main() -> int:
         print(f"{label}: {sps:.2f} slices/s", flush=True)
         torch.set_num_threads(args.threads)  # nnU-Net resets the thread count after each call
 
-    ref = rows[1][2]
-    best_peer = max(r[1] for r in rows[2:])
+    ref = rows[n_ours - 1][2]
+    best_peer = max(r[1] for r in rows[n_ours:])
     cpu = platform.processor() or platform.machine()
     print(f"\nmachine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; load average "
           f"{load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; {n} slices of {args.case} "
-          f"({hu.shape[1]} x {hu.shape[2]}), U-Net base {args.base}, depth 4")
-    print("\n| tool and settings | slices/s | styleseg / this | labels equal to styleseg fp32 |")
+          f"({hu.shape[1]} x {hu.shape[2]}), U-Net base {args.base}, depth 4; glibc allocator tuned for all: {tuned}")
+    print("\n| tool and settings | slices/s | styleseg / this | labels equal to styleseg fp32 whole slice |")
     print("|---|---:|---:|---:|")
     for name, sps, lab in rows:
         eq = f"{(lab == ref).mean():.4f}" if lab is not None else "- (own normalisation)"
         print(f"| {name} | {sps:.2f} | {rows[0][1] / sps:.2f} | {eq} |")
     print(f"\nlabels of styleseg fp32 (share of pixels per label value): "
           f"{np.round(np.bincount(ref.ravel(), minlength=n_classes) / ref.size, 3).tolist()}")
-    print(f"styleseg (bf16 + channels-last) / best peer: {rows[0][1] / best_peer:.2f}x")
+    print(f"styleseg (its default) / best peer: {rows[0][1] / best_peer:.2f}x; "
+          f"on whole slices: {rows[1][1] / best_peer:.2f}x")
     return 0
 
 
