@@ -156,6 +156,21 @@ class LabelSchema:
         return out
 
 
+def body_components(hu: np.ndarray, threshold: float = -400.0) -> tuple[np.ndarray, int]:
+    """(labels, n): the connected components (6-connected; 4-connected within a slice) of ``hu`` (z, y, x) above
+    ``threshold`` HU after a 5 x 5 in-plane box opening, which detaches a thin table under the patient: the first
+    steps of :func:`derive_body`, shared with the position channels' body frame and the predictor's crop."""
+    from scipy import ndimage as ndi
+
+    mask = (np.asarray(hu) > threshold).view(np.uint8)
+    # a 5x5 box opening as 1D minimum then maximum filters along rows and columns, zero outside the slice: the
+    # same mask as binary_erosion/binary_dilation with the 5x5 box, ~5x faster
+    for filt in (ndi.minimum_filter1d, ndi.maximum_filter1d):
+        for axis in (-2, -1):
+            mask = filt(mask, 5, axis=axis, mode="constant", cval=0)
+    return ndi.label(mask.view(bool))
+
+
 def derive_body(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
     """Body (torso) mask of a CT volume (z, y, x) in HU: threshold, largest 3D component, fill holes.
 
@@ -168,12 +183,7 @@ def derive_body(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
     squeeze = vol.ndim == 2
     if squeeze:
         vol = vol[None]
-    mask = vol > threshold
-    # a 5x5 box opening, done as two separable 1D erosions/dilations (identical result, ~2.5x faster)
-    row, col = np.ones((1, 5, 1), bool), np.ones((1, 1, 5), bool)
-    mask = ndi.binary_erosion(ndi.binary_erosion(mask, row), col)
-    mask = ndi.binary_dilation(ndi.binary_dilation(mask, row), col)
-    lab, n = ndi.label(mask)
+    lab, n = body_components(vol, threshold)
     if n == 0:
         out = np.zeros(vol.shape, bool)
     else:
@@ -181,6 +191,20 @@ def derive_body(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
         out = lab == (int(np.argmax(sizes)) + 1)
         out = np.stack([ndi.binary_fill_holes(s) for s in out])
     return out[0] if squeeze else out
+
+
+def body_bounds(hu: np.ndarray, threshold: float = -400.0) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1), inclusive: the bounding box of :func:`derive_body` of one HU slice (H, W), None where it
+    is empty. The box of the largest component, without the hole filling: a hole lies inside its component's
+    box, so the box is the same at a fraction of the cost."""
+    from scipy import ndimage as ndi
+
+    lab, n = body_components(np.asarray(hu)[None], threshold)
+    if n == 0:
+        return None
+    biggest = int(np.argmax(np.bincount(lab.ravel(), minlength=n + 1)[1:])) + 1
+    _, ys, xs = ndi.find_objects(lab, max_label=biggest)[-1]
+    return ys.start, ys.stop - 1, xs.start, xs.stop - 1
 
 
 def add_body(label: np.ndarray, hu: np.ndarray, schema: LabelSchema) -> np.ndarray:

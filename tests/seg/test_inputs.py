@@ -8,6 +8,7 @@ import pytest
 from seg_builders import slab
 
 from styleseg.errors import ConfigError
+from styleseg.labels import body_bounds, derive_body
 from styleseg.seg.inputs import InputSpec, body_box, body_frame, context_stack, position_maps
 
 
@@ -31,6 +32,37 @@ def test_body_frame_is_the_body_box():
     fr = body_frame(np.stack([slab(), np.full((40, 48), -1000.0, np.float32)]))
     np.testing.assert_allclose(fr[0], [19.5, 23.5, 9.5, 17.5])  # centre and half-extent of rows 10-29, cols 6-41
     np.testing.assert_allclose(fr[1], [19.5, 23.5, 20.0, 24.0])  # no body: the whole slice
+
+
+def test_body_components_open_with_the_5x5_box_zero_outside():
+    from scipy import ndimage as ndi
+
+    from styleseg.labels import body_components
+
+    rng = np.random.default_rng(3)
+    hu = np.where(ndi.gaussian_filter(rng.normal(size=(3, 60, 70)), (0, 1.5, 1.5)) > 0, 40.0, -1000.0)
+    box = np.ones((1, 5, 5), bool)
+    want = ndi.label(ndi.binary_dilation(ndi.binary_erosion(hu > -400, box), box))
+    got = body_components(hu)
+    assert got[1] == want[1] > 3
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("noise", [0.0, 60.0, 150.0])
+def test_body_bounds_is_the_box_of_derive_body(noise):
+    """The body frame skips derive_body's hole filling: the box of the largest component must not change."""
+    rng = np.random.default_rng(int(noise))
+    yy, xx = np.mgrid[:96, :128]
+    for shift in range(4):
+        hu = np.full((96, 128), -1000.0, np.float32)
+        hu[((yy - 45) / 30) ** 2 + ((xx - 60 - shift) / 45) ** 2 < 1] = 40.0  # torso
+        hu[((yy - 45) / 18) ** 2 + ((xx - 45 - shift) / 12) ** 2 < 1] = -850.0  # a lung: a hole in the body
+        hu[86:88, 5:120] = 200.0  # a thin table, detached by the opening
+        hu[40:55, 112 + shift:119 + shift] = 30.0  # an arm apart: a smaller component
+        hu += rng.normal(0.0, noise, hu.shape).astype(np.float32)
+        ys, xs = np.nonzero(derive_body(hu))
+        assert body_bounds(hu) == (ys.min(), ys.max(), xs.min(), xs.max())
+    assert body_bounds(np.full((20, 20), -1000.0, np.float32)) is None
 
 
 def test_body_frame_survives_low_dose_noise():

@@ -148,7 +148,7 @@ def body_frame(hu: np.ndarray, smooth_px: float = FRAME_SMOOTH_PX) -> np.ndarray
     without it; none with 1-2 px)."""
     from scipy import ndimage as ndi
 
-    from styleseg.labels import derive_body
+    from styleseg.labels import body_bounds
 
     hu = np.asarray(hu)
     if hu.ndim == 2:
@@ -157,13 +157,13 @@ def body_frame(hu: np.ndarray, smooth_px: float = FRAME_SMOOTH_PX) -> np.ndarray
     for i, s in enumerate(hu):
         if smooth_px > 0:
             s = ndi.gaussian_filter(np.asarray(s, np.float32), smooth_px)
-        ys, xs = np.nonzero(derive_body(s))
-        if ys.size == 0:
+        box = body_bounds(s)
+        if box is None:
             h, w = s.shape
             out[i] = ((h - 1) / 2, (w - 1) / 2, h / 2, w / 2)
         else:
-            out[i] = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2,
-                      max((ys.max() - ys.min()) / 2, 1.0), max((xs.max() - xs.min()) / 2, 1.0))
+            y0, y1, x0, x1 = box
+            out[i] = ((y0 + y1) / 2, (x0 + x1) / 2, max((y1 - y0) / 2, 1.0), max((x1 - x0) / 2, 1.0))
     return out
 
 
@@ -185,14 +185,14 @@ def body_box(hu: np.ndarray, margin: int = BOX_MARGIN_PX, multiple: int = 1, smo
     (about half of a 512 x 512 chest slice, BENCHMARKS.md) and carries the logits at its edge (air) outward."""
     from scipy import ndimage as ndi
 
+    from styleseg.labels import body_components
+
     hu = np.asarray(hu, np.float32)
     proj = hu.reshape(-1, *hu.shape[-2:]).max(0)
     if smooth_px > 0:
         proj = ndi.gaussian_filter(proj, smooth_px)
-    mask = proj > threshold
-    mask = ndi.binary_erosion(ndi.binary_erosion(mask, np.ones((1, 5), bool)), np.ones((5, 1), bool))
-    mask = ndi.binary_dilation(ndi.binary_dilation(mask, np.ones((1, 5), bool)), np.ones((5, 1), bool))
-    lab, n = ndi.label(mask)
+    lab, n = body_components(proj[None], threshold)
+    lab = lab[0]
     if n == 0:
         return None
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
