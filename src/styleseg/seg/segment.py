@@ -120,7 +120,7 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
             num_parts: int = 1, dicom_seg: bool = False, device: str = "auto", batch_size: int = 8,
             dtype: str = "float32", channels_last: bool = False, force_spacing: bool = False,
             chunk_slices: int = 32, allow_incomplete: bool = False, resample: bool = True,
-            progress: bool = True) -> SegmentReport:
+            progress: bool = True, crop: bool = True) -> SegmentReport:
     """Segment every case of ``inputs`` into ``out/<case>.nii.gz`` (uint8 labels on the input grid).
 
     Cases are sorted by id and this call does those with ``index % num_parts == part_id``;
@@ -128,6 +128,7 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     NIfTI input is streamed ``chunk_slices`` slices at a time and the output is written as it is produced.
     ``resample``: slices off the model's training spacing are resampled to it for the network
     (:class:`~styleseg.seg.predict.Predictor`). ``progress``: a progress bar with ETA (rich) while it runs.
+    ``crop``: the network sees the box around the body only (the Predictor's default); False: whole slices.
     """
     from styleseg.io.atomic import write_json
 
@@ -136,7 +137,7 @@ def segment(inputs: Sequence[Path], model: Path, out: Path, continue_: bool = Fa
     if chunk_slices < 1:
         raise ConfigError(f"chunk_slices must be >= 1, got {chunk_slices}")
     pred = Predictor(model, device=device, batch_size=batch_size, dtype=dtype, channels_last=channels_last,
-                     force_spacing=force_spacing, allow_incomplete=allow_incomplete, resample=resample)
+                     force_spacing=force_spacing, allow_incomplete=allow_incomplete, resample=resample, crop=crop)
     cases = discover_inputs(inputs)
     mine = [c for i, c in enumerate(cases) if i % num_parts == part_id]
     out = Path(out)
