@@ -84,7 +84,6 @@ def infer_slices(model: torch.nn.Module, hu: np.ndarray, spec: InputSpec, multip
         if size is not None:
             x = resample_images(x, size)
         x = downsample_hu(x, spec.downsample)
-        nh, nw = x.shape[-2:]
         centre = x[:, k].cpu().numpy()
         frames = body_frame(centre, spec.position_smooth_px) if spec.position else None
         x, pads = pad_multiple(x, multiple, AIR_HU)
