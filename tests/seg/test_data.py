@@ -137,3 +137,32 @@ def test_split_cases_validates_on_real_slices_only():
         assert {c.patient for c in train} == {"A", "B", "T"} - {val[0].patient}
     with pytest.raises(ConfigError):
         split_cases(cases, 0.5, 0, val_cases=["Z"])
+
+
+@pytest.mark.parametrize("build", ["oracle", "physics"])
+def test_reimaged_copies_are_versions_not_validation_cases(tmp_path, toy_dataset, build):
+    """The oracle's and physics randomisation's training data keep each source case beside its re-imaged copies.
+    The copies are versions of that case (origin = the case), so a validation patient is validated on its
+    original only, and none of its copies is trained on."""
+    from styleseg.io.dataset import Dataset
+    from styleseg.pipeline.data import build_oracle, build_physics
+    from styleseg.seg.data import load_cases, split_cases
+
+    out = tmp_path / build
+    if build == "oracle":
+        build_oracle(toy_dataset, out, ["low-dose-sharp", "ultra-low-dose-standard"], seed=0)
+    else:
+        build_physics(toy_dataset, out, versions=3, seed=0)
+    originals = {r.case_id for r in Dataset(toy_dataset)}
+    recs = list(Dataset(out))
+    assert {r.reimaged_from for r in recs} == originals | {None}
+    assert {r.case_id for r in recs if r.reimaged_from is None} == originals
+    cases, _ = load_cases([out])
+    copies = [c for c in cases if c.key not in originals]
+    assert len(copies) == len(cases) - len(originals) > 0
+    assert all(c.generated and not c.real and c.origin == c.patient for c in copies)
+    assert all(c.real and c.origin == c.key for c in cases if c.key in originals)
+    train, val = split_cases(cases, 0.25, seed=0)
+    assert [c.key for c in val] == [val[0].patient] and val[0].key in originals
+    assert all(c.patient != val[0].patient for c in train)
+    assert len(train) == len(cases) - len(cases) // len(originals)

@@ -49,6 +49,10 @@ from styleseg.labels import LabelSchema
 DATASET_JSON = "dataset.json"
 FILE_ENDING = ".nii.gz"
 FORMAT_VERSION = 1
+#: the case extra of a re-imaged copy kept beside its original in one dataset (the oracle's and physics
+#: randomisation's training data): the original's case id. Such a copy is another texture of the same acquisition,
+#: like a restyled case, so training validates on the original only (:func:`styleseg.seg.data.split_cases`).
+REIMAGED_FROM = "reimaged_from"
 @dataclass
 class CaseRecord:
     """One case of a dataset: its id, which labels it has, and its extras."""
@@ -73,6 +77,13 @@ class CaseRecord:
         if isinstance(prov, Mapping) and prov.get("source_case"):
             return str(prov["source_case"])
         return self.case_id
+
+    @property
+    def reimaged_from(self) -> str | None:
+        """The case of the same dataset this one re-images (the oracle's and physics randomisation's copies of
+        a source case), else None."""
+        v = self.extras.get(REIMAGED_FROM)
+        return str(v) if v else None
 
     def to_json(self) -> dict[str, Any]:
         return {"labels": self.labels, "annotated": list(self.annotated), "derived": list(self.derived),

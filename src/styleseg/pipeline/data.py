@@ -147,7 +147,8 @@ def build_physics(source: Path, out: Path, versions: int, seed: int) -> None:
     ``versions`` times by the CT simulator, each with a random dose fraction (log-uniform in
     :data:`PHYSICS_DOSE`) and reconstruction kernel (:data:`PHYSICS_KERNELS`), plus the case itself. The natural
     competitor of a learned style: texture variety without looking at the target."""
-    from styleseg.io.dataset import DatasetWriter
+    from styleseg.io.dataset import REIMAGED_FROM, DatasetWriter
+    from styleseg.sim.benchmark import REIMAGE_KEYS
     from styleseg.sim.scanner import get_protocol, reimage
 
     _clear(out)
@@ -160,7 +161,7 @@ def build_physics(source: Path, out: Path, versions: int, seed: int) -> None:
         for rec in ds.labelled_cases():
             img = ds.load_image(rec.case_id)
             lab = ds.load_label(rec.case_id, img)
-            kept = {k: v for k, v in rec.extras.items() if k not in ("protocol", "protocol_params", "patient")}
+            kept = {k: v for k, v in rec.extras.items() if k not in REIMAGE_KEYS}
             w.add_case(rec.case_id, img, lab, annotated=rec.annotated, derived=rec.derived, patient=rec.patient,
                        **kept)
             for k in range(versions):
@@ -170,7 +171,7 @@ def build_physics(source: Path, out: Path, versions: int, seed: int) -> None:
                 drawn.append(prot.name)
                 w.add_case(f"{rec.case_id}_p{k}", img.with_array(hu), lab, annotated=rec.annotated,
                            derived=rec.derived, patient=rec.patient, protocol=prot.name,
-                           protocol_params=prot.to_json(), **kept)
+                           protocol_params=prot.to_json(), **{REIMAGED_FROM: rec.case_id}, **kept)
         w.meta["physics"]["protocols"] = drawn
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from styleseg.config import dump_toml, hash_view, load_toml, to_dict
 from styleseg.io.atomic import write_json, write_text
+from styleseg.io.dataset import REIMAGED_FROM
 from styleseg.pipeline import data as pdata
 from styleseg.pipeline.arm_stages import ArmStages
 from styleseg.pipeline.arms import ARMS, TEST_TIME
@@ -151,7 +152,8 @@ class Experiment(ArmStages):
         if not protocols:
             log.warning("oracle arm skipped: the target records no scanner protocol to re-image the source with")
             return False
-        self._stage("oracle_data", {"protocols": protocols, "seed": self.cfg.seed}, ["data"], [out],
+        self._stage("oracle_data", {"protocols": protocols, "seed": self.cfg.seed, "copy_mark": REIMAGED_FROM},
+                    ["data"], [out],
                     lambda stale: pdata.build_oracle(self.data_dir / "source", out, protocols, self.cfg.seed))
         for s in self.seeds:
             self.datasets[("oracle", s)] = out
@@ -161,8 +163,9 @@ class Experiment(ArmStages):
 
     def stage_physics_data(self, seed: int) -> None:
         out = self._seeded(self.data_dir / "physics", seed)
-        self._stage(self.stage_name("physics_data", seed), {"versions": PHYSICS_VERSIONS, "seed": seed}, ["data"],
-                    [out], lambda stale: pdata.build_physics(self.data_dir / "source", out, PHYSICS_VERSIONS, seed))
+        self._stage(self.stage_name("physics_data", seed),
+                    {"versions": PHYSICS_VERSIONS, "seed": seed, "copy_mark": REIMAGED_FROM}, ["data"], [out],
+                    lambda stale: pdata.build_physics(self.data_dir / "source", out, PHYSICS_VERSIONS, seed))
         self.datasets[("physics", seed)] = out
 
     # -- styles, generators, augmentation -------------------------------------------------------

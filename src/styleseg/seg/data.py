@@ -6,7 +6,7 @@
   so the generated copies of a source case, or the re-imaged versions of one patient, never sit on both
   sides of the train/validation split. :func:`split_cases` applies it to loaded cases: validation patients are
   drawn among patients with a real annotated case, and only those real cases are validated on, never their
-  generated or pseudo-labelled versions (which are then dropped from training too).
+  restyled, re-imaged or pseudo-labelled versions (which are then dropped from training too).
 - :class:`Batcher`: one seeded generator draws slice indices and per-sample seeds, so every DDP rank sees
   the same draw and its state resumes exactly; crops are augmented at native spacing.
 """
@@ -35,7 +35,7 @@ class TrainCase:
     annotated: np.ndarray  # (num_classes,) bool
     spacing: tuple[float, float]
     origin: str = ""  # the source case a generated case was made from (itself for an original)
-    generated: bool = False  # a generated (restyled) version of ``origin``, same geometry and labels
+    generated: bool = False  # a restyled or re-imaged version of ``origin``, same geometry and labels
     pseudo: bool = False  # labels predicted by a model (cyclic training), not drawn by an annotator
 
     @property
@@ -79,10 +79,11 @@ def load_cases(datasets: Sequence[Path], downsample: int = 1) -> tuple[list[Trai
                     ann[ds.schema.value(n)] = True
             key = f"{ds.name}/{rec.case_id}" if multi else rec.case_id
             prov = rec.extras.get("provenance") if isinstance(rec.extras.get("provenance"), dict) else {}
-            origin = f"{ds.name}/{prov.get('source_case') or rec.case_id}" if multi else \
-                str(prov.get("source_case") or rec.case_id)
+            made_from = prov.get("source_case") or rec.reimaged_from or rec.case_id
+            origin = f"{ds.name}/{made_from}" if multi else str(made_from)
+            generated = prov.get("style") is not None or rec.reimaged_from is not None
             cases.append(TrainCase(key, rec.patient, arr, lab_arr, ann, (img.spacing[0], img.spacing[1]), origin,
-                                   prov.get("style") is not None, rec.extras.get("pseudo_label") is not None))
+                                   generated, rec.extras.get("pseudo_label") is not None))
     if not cases:
         raise InputError(datasets[0] if datasets else None, "no case with training labels (labelsTr)",
                          "train on an annotated dataset (import one with `styleseg import`)")
@@ -113,8 +114,9 @@ def split_cases(cases: Sequence[TrainCase], val_fraction: float, seed: int,
                 val_cases: Sequence[str] | None = None) -> tuple[list[TrainCase], list[TrainCase]]:
     """(training, validation) cases. Validation patients are drawn (:func:`patient_split`) among the patients
     with a real case (:attr:`TrainCase.real`), and only their real cases are validated on: a validation Dice
-    on restyled slices measures the generators as much as the U-Net, is not comparable between arms, and
-    costs one more pass per style. The generated and pseudo-labelled versions of a validation patient are
+    on restyled slices measures the generators as much as the U-Net, on re-imaged ones (the oracle's and
+    physics randomisation's copies) the simulator's textures; neither is comparable between arms, and each
+    costs one more pass per version. The generated and pseudo-labelled versions of a validation patient are
     left out of training as well, so no version of its anatomy is learned from."""
     pool = list(cases) if val_cases is not None else [c for c in cases if c.real]  # explicit: any case names one
     is_val = patient_split([c.patient for c in pool], val_fraction, seed, val_cases, [c.key for c in pool])

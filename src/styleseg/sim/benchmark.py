@@ -24,7 +24,7 @@ import numpy as np
 from styleseg.config import check_preset, to_dict
 from styleseg.errors import InputError
 from styleseg.io.atomic import atomic_dir, check_output_folder
-from styleseg.io.dataset import Dataset, DatasetWriter
+from styleseg.io.dataset import REIMAGED_FROM, Dataset, DatasetWriter
 from styleseg.labels import LabelSchema
 from styleseg.sim.phantom import PhantomConfig, make_phantom
 from styleseg.sim.scanner import PROTOCOLS, TARGET_PROTOCOLS, Protocol, get_protocol, reimage
@@ -109,6 +109,10 @@ def make_benchmark(out: Path, preset: str = "quick", seed: int = 0,
     return out / "source", out / "target"
 
 
+#: the extras a re-imaging replaces rather than copies from the case it re-images
+REIMAGE_KEYS = ("protocol", "protocol_params", "patient", REIMAGED_FROM)
+
+
 def reimage_dataset(dataset: Path, out: Path, protocols: Sequence[Protocol | str], rng: np.random.Generator,
                     noise_free_input: bool, name: str, description: str = "", meta: dict | None = None,
                     label_role: str | None = None, keep_original: bool = False, labelled_only: bool = False,
@@ -119,16 +123,19 @@ def reimage_dataset(dataset: Path, out: Path, protocols: Sequence[Protocol | str
 
     Each new case is ``<case>_<protocol>`` (``suffix``) or keeps its id, records ``patient`` (the source case's
     patient, so splits keep the versions of one patient together), ``protocol`` and ``protocol_params``, and
-    keeps the source's other extras. ``label_role`` moves labels (None: as they are); ``labelled_only`` skips
-    unlabelled cases; ``clip``: the HU range the result is clipped to (None: int16 only). ``rng`` draws the noise
-    of every slice in case order, so a seed reproduces the dataset."""
+    keeps the source's other extras. Beside its original (``keep_original``) a copy also records
+    ``reimaged_from``: it is a version of a case of the same dataset, which training never validates on.
+    ``label_role`` moves labels (None: as they are); ``labelled_only`` skips unlabelled cases; ``clip``: the HU
+    range the result is clipped to (None: int16 only). ``rng`` draws the noise of every slice in case order, so a
+    seed reproduces the dataset."""
     ds = Dataset(dataset)
     prots = [get_protocol(p.name if isinstance(p, Protocol) and p.name in PROTOCOLS else p) for p in protocols]
     with DatasetWriter(out, name, ds.schema, description, meta=dict(meta or {})) as w:
         for rec in (ds.labelled_cases() if labelled_only else ds.cases):
             img = ds.load_image(rec.case_id)
             lab = ds.load_label(rec.case_id, img)
-            kept = {k: v for k, v in rec.extras.items() if k not in ("protocol", "protocol_params", "patient")}
+            kept = {k: v for k, v in rec.extras.items() if k not in REIMAGE_KEYS}
+            copy_of = {REIMAGED_FROM: rec.case_id} if keep_original else {}
             role = label_role or rec.labels or "labelsTr"
             ann = rec.annotated if lab is not None else None
             if keep_original:
@@ -144,7 +151,7 @@ def reimage_dataset(dataset: Path, out: Path, protocols: Sequence[Protocol | str
                     hu = np.clip(np.rint(hu), *clip)
                 cid = f"{rec.case_id}_{prot.name}" if suffix else rec.case_id
                 w.add_case(cid, img.with_array(hu), lab, annotated=ann, derived=rec.derived, label_role=role,
-                           patient=rec.patient, protocol=prot.name, protocol_params=prot.to_json(), **kept)
+                           patient=rec.patient, protocol=prot.name, protocol_params=prot.to_json(), **copy_of, **kept)
     return out
 
 
