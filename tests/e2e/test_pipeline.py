@@ -248,16 +248,24 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
-    """Two training seeds of the reference and the arms layered on it, trained two at a time in worker processes:
-    a folder per seed, seeds.json with means over seeds x cases and paired differences to the reference, cyclic
-    rounds recorded, physics randomisation with random protocols, and the report's seeds section."""
+    """Two training seeds of the reference and the arms layered on it, trained two at a time in worker processes
+    (the source-only arms start beside the generators and the re-imaging): a folder per seed, seeds.json with
+    means over seeds x cases and paired differences to the reference, cyclic rounds recorded, physics
+    randomisation with random protocols, and the report's seeds section."""
     arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref")
     text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2')
     text = text.replace("batch_size = 2", "batch_size = 4")
     cfg = load_experiment(_toml(tmp_path, arms, text))
     run = tmp_path / "run"
-    s = run_experiment(cfg, run)
+    events: list[tuple[str, str]] = []
+    s = run_experiment(cfg, run, lambda name, what: events.append((name, what)))
     assert s["skipped_arms"] == {}
+    # the source-only arms go to the workers first, before the generators and the re-imaging the others need
+    order = [n for n, w in events if w == "queued for a worker" or (w == "started" and "_data" in n or
+                                                                       n.startswith("generators"))]
+    first_data = min(i for i, n in enumerate(order) if not n.startswith("train_"))
+    assert set(order[:first_data]) == {"train_baseline", "train_reference", "train_baseline@4", "train_reference@4"}
+    assert ("train_oracle_ref", "queued for a worker") in events
     for arm in arms:
         assert (run / "arms" / arm / "metrics.json").exists()
         assert (run / "arms" / arm / "seed4" / "metrics.json").exists()

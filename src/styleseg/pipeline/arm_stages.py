@@ -9,6 +9,8 @@ the single-seed layout (``RUN/arms/<arm>/model``, ``pred``, ``metrics.json``), e
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,7 @@ class ArmStages:
                 pdata._clear(out)
             job = self.pool.submit(train_job, datasets, out, scfg, arm.build_transform(self), self.worker_threads)
             self.pending.append((stage, cfg, upstream, outputs, job))
+            self.stages.on_event(stage, "queued for a worker")
             return
 
         def build(stale: bool) -> None:
@@ -179,34 +182,58 @@ class ArmStages:
         self._train(arm, seed, out, [*self._arm_datasets(arm, seed), pseudo], tstage,
                     [*self._arm_upstream(arm, seed), pstage], {"round": r})
 
-    def _train_all(self, ready: list) -> None:
-        """Every arm's U-Net for every seed: ``cfg.jobs`` at a time in worker processes (one thread each when the
-        jobs fill the CPUs), or here one after another; cyclic rounds after the arms they start from."""
+    def open_pool(self) -> None:
+        """With ``cfg.jobs`` > 1: that many worker processes for the trainings, one thread each when the jobs fill
+        the CPUs; else trainings run here, one after another."""
         import os
 
         jobs = self.cfg.jobs
-        if jobs > 1:
+        if jobs > 1 and self.pool is None:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             self.worker_threads = max(1, cpus // jobs)
             self.pool = training_pool(jobs)
-        ok = False
-        try:
+
+    def close_pool(self, ok: bool) -> None:
+        """Let the workers finish (``ok``), or stop them at once when the run stops on an error."""
+        if self.pool is not None:
+            stop_pool(self.pool, wait=ok)
+            self.pool = None
+
+    def submit_trainings(self, arms: list) -> None:
+        """Every seed's U-Net of each of ``arms`` (cyclic rounds excepted): queued to the workers, or trained here."""
+        for seed in self.seeds:
+            for arm in arms:
+                if arm.trains and not arm.rounds:
+                    self.stage_train_arm(arm, seed)
+
+    def finish_trainings(self, ready: list) -> None:
+        """Wait for the queued trainings, then the cyclic rounds after the arms they start from."""
+        self.collect_trainings()
+        for r in range(1, max((a.rounds for a in ready), default=0) + 1):
             for seed in self.seeds:
                 for arm in ready:
-                    if arm.trains and not arm.rounds:
-                        self.stage_train_arm(arm, seed)
+                    if arm.rounds >= r:
+                        self.stage_cyclic_round(arm, seed, r)
             self.collect_trainings()
-            for r in range(1, max((a.rounds for a in ready), default=0) + 1):
-                for seed in self.seeds:
-                    for arm in ready:
-                        if arm.rounds >= r:
-                            self.stage_cyclic_round(arm, seed, r)
-                self.collect_trainings()
-            ok = True
+
+    @contextmanager
+    def threads_beside_workers(self) -> Iterator[None]:
+        """While workers train, this process's own work (generators, augmentation, re-imaging) uses the CPUs the
+        workers leave, at least one thread: more would only contend with them."""
+        if self.pool is None or not self.pending:
+            yield
+            return
+        import os
+
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(before, cpus - self.cfg.jobs * self.worker_threads)))
+        try:
+            yield
         finally:
-            if self.pool is not None:
-                stop_pool(self.pool, wait=ok)
-                self.pool = None
+            torch.set_num_threads(before)
 
     # -- prediction and evaluation ------------------------------------------------------------------
     def stage_predict_arm(self, arm: Arm, seed: int) -> None:

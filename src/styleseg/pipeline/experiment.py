@@ -349,12 +349,24 @@ class Experiment(ArmStages):
         needed = {d for a in arms for d in a.train_on}
         self.stage_data()
         self.stage_split()
-        self._training_data(needed)
-        if "oracle" in needed and not self.stage_oracle_data():
-            self.skipped_arms.update({a.name: "no target protocol recorded to build the oracle" for a in arms
-                                      if "oracle" in a.train_on})
-        ready = [a for a in arms if a.name not in self.skipped_arms]
-        self._train_all(ready)
+        self.open_pool()
+        ok = False
+        try:
+            # with workers, the arms that train on the source alone start now, beside the generators, the
+            # augmentation and the re-imaging the other arms wait for
+            early = [a for a in arms if set(a.train_on) <= {"source"}] if self.pool is not None else []
+            self.submit_trainings(early)
+            with self.threads_beside_workers():
+                self._training_data(needed)
+                if "oracle" in needed and not self.stage_oracle_data():
+                    self.skipped_arms.update({a.name: "no target protocol recorded to build the oracle"
+                                              for a in arms if "oracle" in a.train_on})
+            ready = [a for a in arms if a.name not in self.skipped_arms]
+            self.submit_trainings([a for a in ready if a not in early])
+            self.finish_trainings(ready)
+            ok = True
+        finally:
+            self.close_pool(ok)
         for seed in self.seeds:
             for arm in ready:
                 self.stage_predict_arm(arm, seed)
