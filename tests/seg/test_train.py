@@ -59,6 +59,7 @@ def test_model_folder_and_log(toy_model):
     assert 1 <= meta["best_epoch"] <= 3 and set(meta["best_val_dice"]) >= {"lung_left", "lung_right"}
     lines = [json.loads(x) for x in (toy_model / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert all(r["time_s"] > 0 and r["val_s"] > 0 for r in lines)  # steps and validation timed apart
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert (toy_model / "checkpoint.pt").exists()
     # toy anatomy is easy: the lungs are learnt in 36 steps
@@ -186,3 +187,23 @@ def test_validation_uses_the_real_case_of_a_patient_only(tmp_path):
     val_patient = split["val"][0]
     assert not any(k.startswith(val_patient) for k in split["train"])
     assert sum(k.startswith("T_") for k in split["train"]) == 3
+
+
+def test_validation_in_bf16_agrees_with_float32(toy_model, toy_dataset):
+    """A bf16 run validates in bf16 and channels-last, as the pipeline predicts with it: the same Dice as float32
+    up to bf16's rounding, and the same structures."""
+    from styleseg.runs import read_model_folder
+    from styleseg.seg.data import load_cases
+    from styleseg.seg.inputs import InputSpec
+    from styleseg.seg.train import validation_dice
+    from styleseg.seg.unet import UNet, UNetSpec
+
+    meta, state = read_model_folder(toy_model, "segmentation")
+    model = UNet(UNetSpec.from_json(meta["architecture"])).to(memory_format=torch.channels_last)
+    model.load_state_dict(state)
+    cases, schema = load_cases([toy_dataset])
+    spec = InputSpec.from_model_json(meta)
+    fp32 = validation_dice(model, cases, schema, spec, 4, "cpu")
+    bf16 = validation_dice(model, cases, schema, spec, 4, "cpu", amp="bf16")
+    assert set(bf16) == set(fp32) and fp32["lung_left"] > 0.5
+    assert all(abs(bf16[k] - fp32[k]) < 0.05 for k in fp32)

@@ -136,11 +136,12 @@ class SegTrainConfig:
 # ------------------------------------------------------------------------------------------------
 def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: InputSpec, multiple: int,
                     device: Any, rank: int = 0, world: int = 1, distributed: bool = False,
-                    max_slices: int = 0) -> dict[str, float]:
+                    max_slices: int = 0, amp: str = "none") -> dict[str, float]:
     """Mean over validation cases of the 3D Dice per structure (cases that did not annotate a
     structure, or where it is absent from both reference and prediction, are skipped). The cases are held
     already downsampled, so the prediction runs at their resolution. ``max_slices`` > 0: on that many evenly
-    spaced slices of each case (2D models only; a 2.5D model needs each slice's neighbours)."""
+    spaced slices of each case (2D models only; a 2.5D model needs each slice's neighbours). ``amp`` "bf16":
+    in bf16 and channels-last, as the pipeline's predictor runs such a model (~1.8x faster on a CPU)."""
     import dataclasses
 
     import torch
@@ -156,7 +157,8 @@ def validation_dice(model: Any, cases: list[TrainCase], schema: Any, spec: Input
         zs = np.arange(c.image.shape[0])
         if max_slices and not spec.context and len(zs) > max_slices:
             zs = np.unique(np.linspace(0, len(zs) - 1, max_slices).round().astype(int))
-        pred = infer_slices(model, np.asarray(c.image[zs], np.float32), native, multiple, device, 1)
+        pred = infer_slices(model, np.asarray(c.image[zs], np.float32), native, multiple, device,
+                            dtype="bfloat16" if amp == "bf16" else "float32", channels_last=amp == "bf16")
         for v in schema.values:
             p, r = pred == v, c.label[zs] == v
             counts[i, v] = torch.tensor([(p & r).sum(), p.sum(), r.sum(), float(c.annotated[v])])
@@ -293,13 +295,15 @@ def _end_epoch(s: _Setup, st: dict[str, Any], run: Any) -> None:
     if s.distributed:  # make BN buffers identical on every rank (parameters already are)
         for b in s.model.buffers():
             torch.distributed.broadcast(b, 0)
+    t0 = time.perf_counter()
     val = validation_dice(s.model, s.val_set, s.schema, s.cfg.inputs, 2**s.cfg.depth, s.device, s.rank, s.world,
-                          s.distributed, s.cfg.val_slices) if s.val_set else {}
+                          s.distributed, s.cfg.val_slices, s.amp) if s.val_set else {}
+    val_s = time.perf_counter() - t0
     scores = [val[s.schema.name(v)] for v in s.organs if s.schema.name(v) in val]
     score = float(np.mean(scores)) if scores else float("nan")
     rec = {"epoch": st["epoch"] + 1, "step": st["global_step"], "loss": st["loss_sum"] / max(st["loss_n"], 1),
            "lr": s.sched.get_last_lr()[0], "val_dice": val, "val_mean_organs": score,
-           "time_s": round(st["epoch_time"], 2)}
+           "time_s": round(st["epoch_time"], 2), "val_s": round(val_s, 2)}
     if not s.val_set or (score == score and score > st["best_score"]):
         st.update(best_score=score if s.val_set else -1.0, best_epoch=st["epoch"] + 1, best_val=val, bad_epochs=0)
         if s.rank == 0:
@@ -395,10 +399,10 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
                 loss = _step(s, st)
                 bar.advance(f"epoch {st['epoch'] + 1}/{cfg.epochs} loss {loss:.3f}")
             st["epoch_time"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
             _end_epoch(s, st, run)
             st.update(epoch=st["epoch"] + 1, step_in_epoch=0, loss_sum=0.0, loss_n=0, epoch_time=0.0)
             save()
+            t0 = time.perf_counter()  # an epoch's time_s is its steps: validation is val_s, saving neither
             if cfg.patience and st["bad_epochs"] >= cfg.patience:
                 log.info("early stopping: %d epochs without improvement", st["bad_epochs"])
                 break
