@@ -67,6 +67,13 @@ def die_with_parent(parent: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def training_pool(jobs: int) -> Any:
     """``jobs`` spawned worker processes for U-Net trainings (spawn: no forked torch thread pools)."""
     import multiprocessing as mp
@@ -185,12 +192,9 @@ class ArmStages:
     def open_pool(self) -> None:
         """With ``cfg.jobs`` > 1: that many worker processes for the trainings, one thread each when the jobs fill
         the CPUs; else trainings run here, one after another."""
-        import os
-
         jobs = self.cfg.jobs
         if jobs > 1 and self.pool is None:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            self.worker_threads = max(1, cpus // jobs)
+            self.worker_threads = max(1, usable_cpus() // jobs)
             self.pool = training_pool(jobs)
 
     def close_pool(self, ok: bool) -> None:
@@ -223,13 +227,10 @@ class ArmStages:
         if self.pool is None or not self.pending:
             yield
             return
-        import os
-
         import torch
 
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         before = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(before, cpus - self.cfg.jobs * self.worker_threads)))
+        torch.set_num_threads(max(1, min(before, usable_cpus() - self.cfg.jobs * self.worker_threads)))
         try:
             yield
         finally:
