@@ -60,6 +60,13 @@ def test_missing_structures_are_left_out_not_zero():
     t = np.array([[0.5, np.nan], [0.7, np.nan]])
     r = seed_case_ci(t, n_boot=500)
     assert r["mean"] == pytest.approx(0.6) and r["n"] == 2
+    # by hand: a draw of the second case alone (p = 1/4) has no value, and no mean: it is not a 0 in the interval;
+    # the draws with a value average seed values {0.5, 0.7} -> 0.5, 0.6 or 0.7, so the CI is [0.5, 0.7]
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((0.5, 0.7))
+    one = seed_case_ci([[0.8, np.nan]], n_boot=4000, seed=2)
+    assert (one["ci_low"], one["ci_high"]) == pytest.approx((0.8, 0.8))
+    d = paired_seed_case_diff([[0.9, np.nan]], [[0.8, np.nan]], n_boot=4000)
+    assert d["n_cases"] == 1 and (d["ci_low"], d["ci_high"]) == pytest.approx((0.1, 0.1)) and d["resolved"]
     with pytest.raises(ValueError):
         paired_seed_case_diff(np.zeros((2, 3)), np.zeros((2, 2)))
 

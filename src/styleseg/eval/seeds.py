@@ -25,10 +25,20 @@ from styleseg.eval.metrics import STRUCTURE_METRICS
 
 
 def _grid_means(table: np.ndarray, seeds: np.ndarray, cases: np.ndarray) -> np.ndarray:
-    """For each bootstrap draw b, the NaN-mean of table[seeds[b]][:, cases[b]] (over the finite cells)."""
+    """For each bootstrap draw b, the NaN-mean of table[seeds[b]][:, cases[b]] (over the finite cells); NaN for a
+    draw with no finite cell (every drawn case lacks the structure): it has no mean, and is left out of the
+    interval rather than counted as 0."""
     sub = table[seeds[:, :, None], cases[:, None, :]]  # (B, S, C)
     ok = np.isfinite(sub)
-    return np.where(ok, sub, 0.0).sum(axis=(1, 2)) / np.maximum(ok.sum(axis=(1, 2)), 1)
+    n = ok.sum(axis=(1, 2))
+    return np.where(n > 0, np.where(ok, sub, 0.0).sum(axis=(1, 2)) / np.maximum(n, 1), np.nan)
+
+
+def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of the bootstrap draws that have a value."""
+    a = (1.0 - level) / 2.0
+    lo, hi = np.nanquantile(draws, [a, 1.0 - a])
+    return float(lo), float(hi)
 
 
 def _nanmean(table: np.ndarray) -> float:
@@ -51,9 +61,7 @@ def seed_case_ci(table: Sequence[Sequence[float]] | np.ndarray, n_boot: int = 20
     rng = np.random.default_rng(seed)
     s = rng.integers(0, t.shape[0], size=(n_boot, t.shape[0]))
     c = rng.integers(0, t.shape[1], size=(n_boot, t.shape[1]))
-    means = _grid_means(t, s, c)
-    a = (1.0 - level) / 2.0
-    out["ci_low"], out["ci_high"] = (float(v) for v in np.quantile(means, [a, 1.0 - a]))
+    out["ci_low"], out["ci_high"] = _interval(_grid_means(t, s, c), level)
     return out
 
 
@@ -77,9 +85,7 @@ def paired_seed_case_diff(a: Sequence[Sequence[float]] | np.ndarray, b: Sequence
     c = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
     sx = rng.integers(0, x.shape[0], size=(n_boot, x.shape[0]))
     sy = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
-    d = _grid_means(x, sx, c) - _grid_means(y, sy, c)
-    lvl = (1.0 - level) / 2.0
-    lo, hi = (float(v) for v in np.quantile(d, [lvl, 1.0 - lvl]))
+    lo, hi = _interval(_grid_means(x, sx, c) - _grid_means(y, sy, c), level)
     out.update(ci_low=lo, ci_high=hi, resolved=bool(lo > 0 or hi < 0))
     return out
 
