@@ -53,6 +53,8 @@ FORMAT_VERSION = 1
 #: randomisation's training data): the original's case id. Such a copy is another texture of the same acquisition,
 #: like a restyled case, so training validates on the original only (:func:`styleseg.seg.data.split_cases`).
 REIMAGED_FROM = "reimaged_from"
+
+
 @dataclass
 class CaseRecord:
     """One case of a dataset: its id, which labels it has, and its extras."""
