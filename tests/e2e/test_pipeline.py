@@ -265,7 +265,13 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
                                                                        n.startswith("generators"))]
     first_data = min(i for i, n in enumerate(order) if not n.startswith("train_"))
     assert set(order[:first_data]) == {"train_baseline", "train_reference", "train_baseline@4", "train_reference@4"}
-    assert ("train_oracle_ref", "queued for a worker") in events
+    # the oracle's right after its re-imaging, and each seed's generated-data arms before the next seed's data
+    assert order[first_data:first_data + 3] == ["oracle_data", "train_oracle_ref", "train_oracle_ref@4"]
+    later = order.index(next(n for n in order if n.endswith("@4") and not n.startswith("train_")))
+    assert {"train_styleseg_ref", "train_consistency_ref", "train_physics_ref"} <= set(order[:later])
+    assert not any(n.endswith("@4") for n in order[first_data + 3:later])
+    queued = [n for n, w in events if w == "queued for a worker"]
+    assert len(queued) == len(set(queued))  # every arm, seed and cyclic round once
     for arm in arms:
         assert (run / "arms" / arm / "metrics.json").exists()
         assert (run / "arms" / arm / "seed4" / "metrics.json").exists()

@@ -59,3 +59,44 @@ def test_stopping_on_an_error_terminates_running_jobs_instead_of_waiting():
     (pid,) = list(pool._processes)
     stop_pool(pool, wait=False)
     assert _wait_gone(pid), "the worker was left running its job"
+
+
+class _Job:
+    def __init__(self, done: bool) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
+def test_own_threads_follow_the_busy_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside busy workers this process keeps the CPUs they leave (at least one thread); with none busy, all of
+    its threads; outside the context, what it had before."""
+    import torch
+
+    from styleseg.pipeline import arm_stages
+    from styleseg.pipeline.arm_stages import ArmStages
+
+    monkeypatch.setattr(arm_stages, "usable_cpus", lambda: 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        stages = ArmStages.__new__(ArmStages)
+        stages.cfg, stages.pool, stages.worker_threads = type("C", (), {"jobs": 3})(), object(), 2
+        stages.pending = []
+        with stages.threads_beside_workers():
+            assert torch.get_num_threads() == 8  # nothing queued yet
+            stages.pending = [("s", None, [], [], _Job(False)), ("t", None, [], [], _Job(True))]
+            stages.share_cpus()
+            assert torch.get_num_threads() == 6  # one worker busy, two threads
+            stages.pending += [("u", None, [], [], _Job(False)) for _ in range(4)]
+            stages.share_cpus()
+            assert torch.get_num_threads() == 2  # three workers busy (jobs = 3), two threads each
+            stages.worker_threads = 4
+            stages.share_cpus()
+            assert torch.get_num_threads() == 1  # at least one
+        assert torch.get_num_threads() == 8
+        stages.share_cpus()  # outside the context: leaves the threads alone
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)

@@ -9,7 +9,7 @@ the single-seed layout (``RUN/arms/<arm>/model``, ``pred``, ``metrics.json``), e
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,10 @@ class ArmStages:
     stages: Any
     pool: Any = None  # a process pool when trainings run in parallel (cfg.jobs > 1)
     pending: list[tuple[str, Any, list[str], list[Path], Any]]
+    submitted: set[tuple[str, int]]  # (arm, seed) U-Nets queued or trained by submit_trainings
+    skipped_arms: dict[str, str]
     worker_threads: int = 1
+    _own_threads: int = 0  # this process's torch threads outside threads_beside_workers (0: not inside it)
 
     # -- naming ----------------------------------------------------------------------------------
     def arm_dir(self, name: str, seed: int) -> Path:
@@ -203,12 +206,23 @@ class ArmStages:
             stop_pool(self.pool, wait=ok)
             self.pool = None
 
-    def submit_trainings(self, arms: list) -> None:
-        """Every seed's U-Net of each of ``arms`` (cyclic rounds excepted): queued to the workers, or trained here."""
-        for seed in self.seeds:
+    def submit_trainings(self, arms: list, seeds: Sequence[int] | None = None) -> None:
+        """The U-Net of each of ``arms`` (cyclic rounds excepted) for every seed of ``seeds`` (default: all):
+        queued to the workers, or trained here. An arm and seed already submitted is not submitted again."""
+        for seed in self.seeds if seeds is None else seeds:
             for arm in arms:
-                if arm.trains and not arm.rounds:
+                if arm.trains and not arm.rounds and (arm.name, seed) not in self.submitted:
+                    self.submitted.add((arm.name, seed))
                     self.stage_train_arm(arm, seed)
+        self.share_cpus()
+
+    def submit_ready(self, arms: list, seed: int | None = None) -> None:
+        """With workers: queue the arms whose training data for ``seed`` (default: every seed) is built."""
+        if self.pool is None:
+            return
+        for s in self.seeds if seed is None else (seed,):
+            self.submit_trainings([a for a in arms if a.name not in self.skipped_arms
+                                   and all((d, s) in self.datasets for d in a.train_on)], [s])
 
     def finish_trainings(self, ready: list) -> None:
         """Wait for the queued trainings, then the cyclic rounds after the arms they start from."""
@@ -223,18 +237,27 @@ class ArmStages:
     @contextmanager
     def threads_beside_workers(self) -> Iterator[None]:
         """While workers train, this process's own work (generators, augmentation, re-imaging) uses the CPUs the
-        workers leave, at least one thread: more would only contend with them."""
-        if self.pool is None or not self.pending:
-            yield
-            return
+        busy workers leave, at least one thread: more would only contend with them. :meth:`share_cpus` sets it
+        again whenever trainings are queued."""
         import torch
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(before, usable_cpus() - self.cfg.jobs * self.worker_threads)))
+        self._own_threads = torch.get_num_threads()
+        self.share_cpus()
         try:
             yield
         finally:
-            torch.set_num_threads(before)
+            torch.set_num_threads(self._own_threads)
+            self._own_threads = 0
+
+    def share_cpus(self) -> None:
+        """Inside :meth:`threads_beside_workers`: this process's torch threads for the workers now busy."""
+        if not self._own_threads:
+            return
+        import torch
+
+        busy = min(self.cfg.jobs, sum(not job.done() for *_, job in self.pending)) if self.pool is not None else 0
+        left = usable_cpus() - busy * self.worker_threads
+        torch.set_num_threads(self._own_threads if not busy else max(1, min(self._own_threads, left)))
 
     # -- prediction and evaluation ------------------------------------------------------------------
     def stage_predict_arm(self, arm: Arm, seed: int) -> None:

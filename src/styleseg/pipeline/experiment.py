@@ -71,6 +71,7 @@ class Experiment(ArmStages):
         self.datasets: dict[tuple[str, int], Path] = {("source", s): self.data_dir / "source" for s in self.seeds}
         self.skipped_arms: dict[str, str] = {}
         self.pending = []
+        self.submitted: set[tuple[str, int]] = set()
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, cfg: Any, upstream: list[str], outputs: list[Path],
@@ -330,18 +331,23 @@ class Experiment(ArmStages):
         return out
 
     # -- everything ----------------------------------------------------------------------------
-    def _training_data(self, needed: set[str]) -> None:
+    def _training_data(self, needed: set[str], seed_ready: Callable[[int], None]) -> None:
+        """The generated and re-imaged training data, seed by seed; ``seed_ready(seed)`` when a seed's is built."""
         if self.cfg.needs_styles:
             self.stage_styles()
         for seed in self.seeds:
             for conditional in (False, True):
                 if GENERATORS[conditional][3] in needed:
+                    self.share_cpus()
                     gens = self.stage_generators(conditional, seed)
+                    self.share_cpus()
                     self.stage_augment(conditional, gens, seed)
                     if not conditional and seed == self.seeds[0]:
                         self.stage_figures(gens)
             if "physics" in needed:
+                self.share_cpus()
                 self.stage_physics_data(seed)
+            seed_ready(seed)
 
     def run_all(self) -> dict[str, Any]:
         write_text(self.run / "experiment.toml", dump_toml(self.cfg.resolved()))
@@ -352,17 +358,19 @@ class Experiment(ArmStages):
         self.open_pool()
         ok = False
         try:
-            # with workers, the arms that train on the source alone start now, beside the generators, the
-            # augmentation and the re-imaging the other arms wait for
+            # with workers, an arm's U-Net is queued as soon as its seed's training data exists: the source-only
+            # arms now, the oracle's after its re-imaging, the others seed by seed beside the generators, the
+            # augmentation and the re-imaging of the next seeds
             early = [a for a in arms if set(a.train_on) <= {"source"}] if self.pool is not None else []
             self.submit_trainings(early)
             with self.threads_beside_workers():
-                self._training_data(needed)
                 if "oracle" in needed and not self.stage_oracle_data():
                     self.skipped_arms.update({a.name: "no target protocol recorded to build the oracle"
                                               for a in arms if "oracle" in a.train_on})
+                self.submit_ready(arms)
+                self._training_data(needed, lambda seed: self.submit_ready(arms, seed))
             ready = [a for a in arms if a.name not in self.skipped_arms]
-            self.submit_trainings([a for a in ready if a not in early])
+            self.submit_trainings(ready)
             self.finish_trainings(ready)
             ok = True
         finally:
