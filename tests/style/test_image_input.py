@@ -97,3 +97,52 @@ def test_gaussian_blur_keeps_constants_and_sigma_zero_is_identity():
     y = torch.randn(1, 1, 16, 16)
     assert gaussian_blur(y, 0.0) is y
     assert gaussian_blur(y, 1.0).std() < 0.5 * y.std()
+
+
+def test_segment_lowpass_keeps_the_body_outline_sharp(tmp_path):
+    """``source_lowpass = "segment"``: the source's noise is low-passed as before inside a segment, but the
+    body outline (~1000 HU from air to tissue) passes through as a step. The whole-slice Gaussian leaves the
+    halo measured on real CT (BENCHMARKS.md, session 19): air a pixel outside the skin ~20 % of the way to
+    tissue, the skin pixel as much darker."""
+    rng = np.random.default_rng(0)
+    lab = np.zeros((48, 48), np.uint8)
+    lab[4:44, 4:44] = 6
+    lab[16:32, 16:32] = 3
+    hu = np.where(lab == 6, 30.0, np.where(lab == 3, 60.0, -1000.0))
+    src = hu + rng.normal(0, 10, lab.shape) * (lab > 0)
+    seg = _skip_generator(tmp_path / "seg", hu, lab, source_skip=True, source_lowpass="segment")
+    gauss = _skip_generator(tmp_path / "gauss", hu, lab, source_skip=True)
+    assert seg.spec.source_lowpass == "segment" and gauss.spec.source_lowpass == "gaussian"
+    out = {k: generate_volume(m, lab[None], src[None], 0, seed=5)[0].astype(float)
+           for k, m in (("seg", seg), ("gauss", gauss))}
+    air, skin = float(seg.prior_hu[0, 0]), float(seg.prior_hu[0, 6])
+    step = skin - air
+    outside, inside = out["seg"][20:28, 3], out["seg"][20:28, 4]  # the columns either side of the left outline
+    assert np.abs(outside - air).max() < 0.02 * step and np.abs(inside - skin).max() < 0.05 * step
+    g_out, g_in = out["gauss"][20:28, 3].mean(), out["gauss"][20:28, 4].mean()
+    assert g_out - air > 0.15 * step and skin - g_in > 0.15 * step
+    quiet = out["seg"][36:42, 36:42]
+    assert 1.0 < quiet.std() < 4.5  # inside a segment the noise is low-passed as before
+
+
+def test_segment_blur_is_a_gaussian_inside_one_segment():
+    from styleseg.style.generator import gaussian_blur, segment_blur
+
+    x = torch.randn(2, 1, 20, 24)
+    one = torch.ones(2, 1, 20, 24)
+    torch.testing.assert_close(segment_blur(x, one, 1.0), gaussian_blur(x, 1.0) / gaussian_blur(one, 1.0))
+    two = torch.cat([one, torch.zeros_like(one)], 1)
+    two[:, :, :, 12:] = torch.tensor([0.0, 1.0])[None, :, None, None]
+    step = torch.where(two[:, 1:] > 0, 100.0, -100.0)
+    torch.testing.assert_close(segment_blur(step, two, 1.5), step)
+    assert segment_blur(x, two, 0.0) is x
+
+
+def test_source_lowpass_is_checked():
+    from styleseg.errors import ConfigError
+    from styleseg.style.generator import GeneratorSpec
+
+    with pytest.raises(ConfigError, match="source_lowpass must be 'gaussian' or 'segment'"):
+        GeneratorConfig.from_flat(image_input=True, source_skip=True, source_lowpass="segmnt")
+    with pytest.raises(ValueError, match="source_lowpass"):
+        GeneratorSpec(num_classes=8, source_lowpass="median")

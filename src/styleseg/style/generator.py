@@ -80,6 +80,9 @@ class GeneratorSpec:
     body_value: int = -1
     source_skip: bool = False
     source_sigma: float = 1.0  # px: Gaussian low-pass of the source that passes through (its own noise removed)
+    # "gaussian": across the whole slice; "segment": within each segment of the label map (segment_blur), so
+    # that an outline between segments (skin and air, lung and mediastinum) passes through sharp
+    source_lowpass: str = "gaussian"
     # the bone segment grows from pixels >= bone_hu into connected ones >= bone_low_hu (0: no growing), and with
     # bone_source it is the source's (low-passed) bone, its level and structure, with the style's noise;
     # generator folders written before either existed have neither
@@ -93,6 +96,8 @@ class GeneratorSpec:
             raise ValueError("source_skip needs image_input=True and the residual output")
         if self.source_sigma < 0:
             raise ValueError("source_sigma must be >= 0")
+        if self.source_lowpass not in SOURCE_LOWPASS:
+            raise ValueError(f"source_lowpass must be one of {', '.join(SOURCE_LOWPASS)}, got {self.source_lowpass!r}")
         if self.bone_source and self.bone_hu <= 0:
             raise ValueError("bone_source needs a bone segment (bone_hu > 0)")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
@@ -121,6 +126,21 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.reshape(1, 1, -1, 1))
 
 
+def segment_blur(x: torch.Tensor, onehot: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian low-pass of (B, 1, H, W) within each segment of ``onehot`` (B, K, H, W): a normalised
+    convolution per segment, so a pixel is averaged with pixels of its own segment only. A Gaussian across an
+    outline between segments of very different HU (skin and air: ~900 HU) leaves a halo a pixel or two wide
+    on both sides; this keeps the outline where the label map has it. ``sigma`` 0: unchanged."""
+    if sigma <= 0:
+        return x
+    b, k, h, w = onehot.shape
+    m = onehot.to(x.dtype).reshape(b * k, 1, h, w)
+    num = gaussian_blur(m * x.repeat_interleave(k, dim=0), sigma)
+    den = gaussian_blur(m, sigma)
+    return ((num / den.clamp_min(1e-6)) * m).reshape(b, k, h, w).sum(1, keepdim=True)
+
+
+SOURCE_LOWPASS = ("gaussian", "segment")
 BONE_SMOOTH_PX = 1.5
 BONE_SEED_SMOOTH_PX = 0.7
 BONE_MIN_PIXELS = 8
@@ -338,7 +358,10 @@ class StyleGenerator(nn.Module):
             # the style's segment means
             clamped = source_hu.float().clamp(self.spec.hu_min, self.spec.hu_max)
             if self.spec.source_skip:
-                src = gaussian_blur(clamped, self.spec.source_sigma)[:, :, :h, :w]
+                if self.spec.source_lowpass == "segment":
+                    src = segment_blur(clamped[:, :, :h, :w], m, self.spec.source_sigma)
+                else:
+                    src = gaussian_blur(clamped, self.spec.source_sigma)[:, :, :h, :w]
                 src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
                 hu = hu + src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
             if bone is not None:  # bone density is the patient's, not the scanner's: the source's level too

@@ -66,6 +66,8 @@ class GeneratorArch:
     # with image_input: the source slice passes through, the network changes only its texture (generator.py)
     source_skip: bool = new_option(False)
     source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
+    # "segment": that low-pass within each segment of the label map, so outlines pass through sharp (generator.py)
+    source_lowpass: str = new_option("gaussian")
     bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
     # the bone segment also takes the body pixels >= bone_low_hu connected to it (cancellous bone), and with
     # bone_source its inside is the source's bone (low-passed, at the style's mean) with the style's noise
@@ -79,6 +81,9 @@ class GeneratorArch:
         if self.source_skip and not (self.image_input and self.output == "residual"):
             raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
                               "passes through) and output = 'residual'")
+        if self.source_lowpass not in ("gaussian", "segment"):
+            raise ConfigError(f"[generators].source_lowpass must be 'gaussian' or 'segment', got "
+                              f"{self.source_lowpass!r}")
         if self.noise_init not in ("nps", "white"):
             raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
@@ -225,6 +230,7 @@ def _build(job: _Job, cfg: GeneratorConfig, num_classes: int, schema) -> StyleGe
                          conditional=a.conditional, image_input=a.image_input, output=a.output,
                          noise_kernel=a.noise_kernel, bone_hu=a.bone_hu if body >= 0 else 0.0,
                          body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma,
+                         source_lowpass=a.source_lowpass,
                          bone_low_hu=a.bone_low_hu if body >= 0 else 0.0, bone_source=a.bone_source and body >= 0)
     seed_everything(cfg.optim.seed)
     model = StyleGenerator(spec)
