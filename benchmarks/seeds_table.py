@@ -33,6 +33,8 @@ def cell(d: dict | None, signed: bool = False) -> str:
     if not d or d.get("mean") is None and d.get("mean_diff") is None:
         return "-"
     m = d.get("mean_diff", d.get("mean"))
+    if m != m:  # NaN: no cell where both arms have a value (e.g. found in neither scan)
+        return "n/a"
     lo, hi = d["ci_low"], d["ci_high"]
     f = "{:+.3f}" if signed else "{:.3f}"
     text = f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"

@@ -52,9 +52,23 @@ def test_summary_over_seeds_by_hand() -> None:
     # 0.9 - {0.6, 0.7, 0.8} -> +0.2 [+0.1, +0.3], resolved
     assert d["mean_diff"] == pytest.approx(0.2) and (d["ci_low"], d["ci_high"]) == pytest.approx((0.1, 0.3))
     assert d["resolved"] and d["n_seeds"] == [2, 2]
-    # the cord "agrees" (1.0) for both, but styleseg found it in neither scan, in both seeds
-    assert arm["vs_reference"]["cord"]["mean_diff"] == 0.0 and not arm["vs_reference"]["cord"]["resolved"]
+    # the cord "agrees" (1.0) for both, but styleseg found it in neither scan, in both seeds: no difference
+    cord = arm["vs_reference"]["cord"]
+    assert np.isnan(cord["mean_diff"]) and not cord["resolved"] and cord["n_cases"] == 0
     assert arm["absent"] == {"heart": 0, "cord": 2} and ref["absent"] == {"heart": 0, "cord": 0}
+
+
+def test_cells_found_in_neither_scan_are_left_out_of_the_difference() -> None:
+    """Two pairs; the arm found the cord in neither scan of pair 0 in one seed of two. The difference is taken
+    over the cells where it was found: pair 0 from seed 1 alone, pair 1 from both."""
+    def run(cord: list[float], absent: list[bool]) -> dict:
+        return {"per_pair": [{"heart": 0.5, "cord": c} for c in cord],
+                "absent": [{"heart": False, "cord": a} for a in absent]}
+    per_seed = {"reference": {"0": run([0.8, 0.6], [False, False]), "1": run([0.8, 0.6], [False, False])},
+                "arm": {"0": run([1.0, 0.7], [True, False]), "1": run([0.9, 0.7], [False, False])}}
+    d = summarise_agreement(per_seed, "reference", n_boot=200, seed=0)["arms"]["arm"]["vs_reference"]["cord"]
+    # arm cells used: 0.9 (pair 0, seed 1), 0.7, 0.7 -> mean 0.7667; reference 0.7 -> +0.0667
+    assert d["mean_diff"] == pytest.approx(0.9 / 3 + 1.4 / 3 - 0.7) and d["n_cases"] == 2
 
 
 def test_summary_without_the_reference_arm_has_no_differences() -> None:
@@ -84,3 +98,11 @@ def test_the_run_command_prints_the_agreement_over_seeds_and_old_run_folders(tmp
     con = Console(record=True, width=200)
     _print_agreement(con, tmp_path)
     assert "0.250" in con.export_text() and "seeds" not in con.export_text()
+
+
+def test_a_difference_without_cells_shows_as_not_found() -> None:
+    from styleseg.eval.report.html import _diff_cell
+
+    assert "not found" in _diff_cell({"mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                                      "resolved": False})
+    assert "+0.100" in _diff_cell({"mean_diff": 0.1, "ci_low": 0.05, "ci_high": 0.15, "resolved": True})

@@ -51,11 +51,14 @@ def summarise_agreement(per_seed: Mapping[str, Mapping[str, Mapping[str, Any]]],
     :func:`pair_agreement` result; each arm's (seeds, pairs) table per structure gives the mean with a bootstrap
     CI over seeds and pairs, and its paired difference to ``reference`` (the same pairs, each arm's seeds
     resampled on their own; ``resolved`` when the CI excludes 0). ``absent``: in how many of the seed x pair
-    cells neither prediction contains the structure (those count as agreement 1)."""
+    cells neither prediction contains the structure (those count as agreement 1 in the mean). The difference
+    leaves such cells out, of either arm: finding a structure in neither scan is no evidence of consistency, so
+    an arm that never finds it has no difference (NaN, unresolved) instead of a "win" of 1 - the reference's."""
     from styleseg.eval.seeds import paired_seed_case_diff, seed_case_ci
 
     tables: dict[str, dict[str, np.ndarray]] = {}
     absent: dict[str, dict[str, int]] = {}
+    found: dict[str, dict[str, np.ndarray]] = {}
     for arm, seeds in per_seed.items():
         runs = [seeds[k] for k in sorted(seeds, key=str)]
         if not runs:
@@ -63,14 +66,18 @@ def summarise_agreement(per_seed: Mapping[str, Mapping[str, Mapping[str, Any]]],
         structures = list(runs[0]["per_pair"][0]) if runs[0]["per_pair"] else []
         tables[arm] = {s: np.array([[pp[s] for pp in r["per_pair"]] for r in runs], float) for s in structures}
         absent[arm] = {s: int(sum(ab.get(s, False) for r in runs for ab in r.get("absent", []))) for s in structures}
+        found[arm] = {s: np.array([[not ab.get(s, False) for ab in r.get("absent", [{}] * len(r["per_pair"]))]
+                                   for r in runs], bool) for s in structures}
     arms: dict[str, Any] = {}
     for arm, by in tables.items():
         entry: dict[str, Any] = {"mean": {}, "absent": absent[arm]}
         for s, t in by.items():
             entry["mean"][s] = seed_case_ci(t, n_boot, seed)
         if reference is not None and arm != reference and reference in tables:
-            entry["vs_reference"] = {s: paired_seed_case_diff(t, tables[reference][s], n_boot, seed)
-                                     for s, t in by.items() if s in tables[reference]
-                                     and t.shape[1] == tables[reference][s].shape[1]}
+            ref = tables[reference]
+            entry["vs_reference"] = {
+                s: paired_seed_case_diff(np.where(found[arm][s], t, np.nan),
+                                         np.where(found[reference][s], ref[s], np.nan), n_boot, seed)
+                for s, t in by.items() if s in ref and t.shape[1] == ref[s].shape[1]}
         arms[arm] = entry
     return {"reference": reference if reference in tables else None, "arms": arms}

@@ -281,7 +281,7 @@ class Experiment(ArmStages):
             result["summary"] = summarise_agreement(per_seed, self.cfg.reference_arm, ev.n_boot, ev.seed)
             write_json(out, result)
         upstream = [s for s in self.hashes if s.startswith("train_")]
-        self._stage("agreement", {"pairs": [list(p) for p in pairs], "seeds": list(self.seeds), "summary": 1,
+        self._stage("agreement", {"pairs": [list(p) for p in pairs], "seeds": list(self.seeds), "summary": 2,
                                   "reference": self.cfg.reference_arm, "n_boot": self.cfg.evaluate.n_boot},
                     sorted(upstream), [out], build)
 
