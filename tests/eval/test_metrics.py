@@ -112,6 +112,30 @@ def test_case_metrics_skips_unannotated_structures():
     assert res["pixel_accuracy"]["all"] == 1.0 and res["pixel_accuracy"]["n_excluded"] == 1
 
 
+def test_a_found_unannotated_structure_does_not_cost_the_body_its_dice():
+    """A case without a heart contour: its heart is "body" in the reference. A prediction that finds the heart
+    there is left out of the body's Dice (as of the pixel accuracy) instead of counting as missed body (52/62)."""
+    schema = LabelSchema.default()
+    body, heart = schema.value("body"), schema.value("heart")
+    ref = np.zeros((1, 8, 8), np.uint8)
+    ref[0, 1:7, 1:7] = body  # 36 voxels of body, the heart (2 x 2) among them
+    found = ref.copy()
+    found[0, 3:5, 3:5] = heart
+    found[0, 1, 1:7] = 0  # and a real miss: 6 body voxels called background
+    res = M.case_metrics(found, ref, schema, known={"body"}, spacing=(1, 1, 1))
+    # the 4 heart voxels are left out: 32 reference voxels, 26 predicted, all inside -> 2 * 26 / 58
+    assert res["metrics"]["body"]["dice"] == pytest.approx(52 / 58)
+    called_body = ref.copy()
+    called_body[0, 1, 1:7] = 0
+    assert M.case_metrics(called_body, ref, schema, known={"body"}, spacing=(1, 1, 1))["metrics"]["body"][
+        "dice"] == pytest.approx(2 * 30 / 66)
+    # once the heart is annotated, calling it body is an error of both
+    ref2 = found.copy()
+    ref2[0, 1, 1:7] = body
+    res2 = M.case_metrics(called_body, ref2, schema, known={"body", "heart"}, spacing=(1, 1, 1))
+    assert res2["metrics"]["heart"]["dice"] == 0.0 and res2["metrics"]["body"]["dice"] < 1.0
+
+
 def test_bootstrap_ci_hand_cases():
     assert M.bootstrap_ci([0.7, 0.7, 0.7]) == {"mean": pytest.approx(0.7), "ci_low": pytest.approx(0.7),
                                                "ci_high": pytest.approx(0.7), "n": 3}

@@ -151,18 +151,24 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, schema: LabelSchema, known: 
     """All metrics of one case: ``{"metrics": {structure: {...}}, "pixel_accuracy": {...}, "unannotated": [...]}``.
 
     ``known`` = structures annotated (or derived) in the reference of this case; the others are
-    unknown there and get no entry. ``structures`` restricts the per-structure metrics (default: all
-    structures of the schema).
+    unknown there and get no entry. Voxels the prediction assigns to an unknown structure are left out of
+    every structure's metrics, as of the pixel accuracy: the reference labels them as whatever surrounds the
+    structure (a heart without a contour is "body" there), so a model that finds it would otherwise lose
+    Dice on the surrounding class for being right. ``structures`` restricts the per-structure metrics
+    (default: all structures of the schema).
     """
     names = list(structures) if structures is not None else list(schema.names)
     unknown = [n for n in schema.names if n not in known]
+    unknown_values = [schema.value(n) for n in unknown]
+    keep = ~np.isin(pred, unknown_values) if unknown_values else None
     per: dict[str, dict[str, Any]] = {}
     for name in names:
         if name not in known:
             continue
         v = schema.value(name)
-        per[name] = structure_metrics(pred == v, ref == v, spacing, with_hd95=with_hd95)
-    pa = pixel_accuracy(pred, ref, [schema.value(n) for n in unknown])
+        p, r = (pred == v, ref == v) if keep is None else ((pred == v) & keep, (ref == v) & keep)
+        per[name] = structure_metrics(p, r, spacing, with_hd95=with_hd95)
+    pa = pixel_accuracy(pred, ref, unknown_values)
     return {"metrics": per, "pixel_accuracy": pa, "unannotated": unknown}
 
 

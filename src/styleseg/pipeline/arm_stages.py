@@ -316,5 +316,6 @@ class ArmStages:
         if arm.name != ref:
             upstream.append(self.stage_name(f"predict_{ref}", seed))
         changed = {k: v for k, v in to_dict(ev).items() if to_dict(type(ev)())[k] != v}
-        self._stage(self.stage_name(f"evaluate_{arm.name}", seed), {"arm": arm.name, **changed}, upstream, [out],
-                    build)
+        # scoring 2: voxels predicted as a structure the case does not annotate are left out (metrics.case_metrics)
+        self._stage(self.stage_name(f"evaluate_{arm.name}", seed), {"arm": arm.name, "scoring": 2, **changed},
+                    upstream, [out], build)
