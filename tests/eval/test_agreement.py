@@ -100,9 +100,9 @@ def test_the_run_command_prints_the_agreement_over_seeds_and_old_run_folders(tmp
     assert "0.250" in con.export_text() and "seeds" not in con.export_text()
 
 
-def test_a_difference_without_cells_shows_as_not_found() -> None:
+def test_a_difference_without_cells_shows_as_found_in_neither() -> None:
     from styleseg.eval.report.html import _diff_cell
 
-    assert "not found" in _diff_cell({"mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+    assert "found in neither" in _diff_cell({"mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                                       "resolved": False})
     assert "+0.100" in _diff_cell({"mean_diff": 0.1, "ci_low": 0.05, "ci_high": 0.15, "resolved": True})

@@ -311,7 +311,7 @@ def _diff_cell(d: Mapping[str, Any] | None) -> str:
     if not d or d.get("mean_diff") is None:
         return "<td>–</td>"
     if not np.isfinite(d["mean_diff"]):  # no cell where both arms have a value (e.g. found in neither scan)
-        return "<td>– <i>not found</i></td>"
+        return "<td>– <i>found in neither</i></td>"
     txt = f"{d['mean_diff']:+.3f} <span class=ci>[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]</span>"
     return (f"<td class=best>{txt}</td>" if d.get("resolved") and d["mean_diff"] > 0 else
             f"<td>{txt}</td>" if d.get("resolved") else f"<td>{txt} <i>unresolved</i></td>")
