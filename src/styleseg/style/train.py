@@ -41,7 +41,7 @@ from styleseg.config import check_preset, config_hash, hash_view, new_option, to
 from styleseg.errors import ConfigError, InputError
 from styleseg.io.atomic import check_output_folder
 from styleseg.style.data import Source, load_source, load_styles, sample_batch
-from styleseg.style.generator import GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
+from styleseg.style.generator import SOURCE_LOWPASS, GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
 from styleseg.style.targets import compute_targets, nps_targets, texture_init
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
@@ -81,9 +81,9 @@ class GeneratorArch:
         if self.source_skip and not (self.image_input and self.output == "residual"):
             raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
                               "passes through) and output = 'residual'")
-        if self.source_lowpass not in ("gaussian", "segment"):
-            raise ConfigError(f"[generators].source_lowpass must be 'gaussian' or 'segment', got "
-                              f"{self.source_lowpass!r}")
+        if self.source_lowpass not in SOURCE_LOWPASS:
+            raise ConfigError(f"[generators].source_lowpass must be {' or '.join(map(repr, SOURCE_LOWPASS))}, "
+                              f"got {self.source_lowpass!r}")
         if self.noise_init not in ("nps", "white"):
             raise ConfigError(f"[generators].noise_init must be 'nps' or 'white', got {self.noise_init!r}")
         if self.noise_kernel < 1 or self.noise_kernel % 2 == 0:
