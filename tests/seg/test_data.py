@@ -115,6 +115,46 @@ def test_pair_batches_hold_a_crop_and_the_same_crop_of_a_restyled_version():
         PairBatcher([src, other], aug, InputSpec(), 0)
 
 
+def test_real_share_sets_the_share_of_real_samples():
+    """Unset, every slice is equally likely (1 real of 5 versions); real_share = r draws r of the samples from the
+    real cases, each pool uniform over its slices; a set of one kind only is unaffected; the config checks it."""
+    from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
+    from styleseg.seg.train import SegTrainConfig
+
+    img = np.zeros((2, 16, 16), np.int16)
+    lab = np.zeros((2, 16, 16), np.uint8)
+    ann = np.ones(7, bool)
+    # the real cases hold 4 slices; 4 restyled versions of each, 16 slices, and one pseudo-labelled case
+    real = [TrainCase(k, k, img, lab, ann, (1.0, 1.0), origin=k) for k in ("a", "b")]
+    gens = [TrainCase(f"{r.key}_s{j}", r.key, img, lab, ann, (1.0, 1.0), origin=r.key, generated=True)
+            for r in real for j in range(4)]
+    pseudo = [TrainCase("t", "t", img, lab, ann, (1.0, 1.0), pseudo=True)]
+    cases = real + gens + pseudo
+    aug = TrainAugment(TrainAugmentConfig(crop=16), (3,))
+
+    def share(batcher, n=4000):
+        rows = np.concatenate([batcher._pick(100) for _ in range(n // 100)])
+        cis = batcher.index[rows, 0]
+        return np.mean([cases[ci].real for ci in cis]), np.bincount(cis, minlength=len(cases)) / len(cis)
+
+    frac, _ = share(Batcher(cases, aug, InputSpec(), 0))
+    assert frac == pytest.approx(4 / 22, abs=0.03)  # uniform over the 22 slices
+    frac, per_case = share(Batcher(cases, aug, InputSpec(), 0, real_share=0.5))
+    assert frac == pytest.approx(0.5, abs=0.03)
+    assert per_case[0] == pytest.approx(0.25, abs=0.03) and per_case[1] == pytest.approx(0.25, abs=0.03)
+    assert per_case[2:] == pytest.approx(np.full(9, 0.5 / 9), abs=0.02)  # 9 other cases of 2 slices each
+    assert share(Batcher(cases, aug, InputSpec(), 0, real_share=1.0))[0] == 1.0
+    assert share(Batcher(cases, aug, InputSpec(), 0, real_share=0.0))[0] == 0.0
+    a, b = Batcher(real, aug, InputSpec(), 7), Batcher(real, aug, InputSpec(), 7, real_share=0.2)
+    np.testing.assert_array_equal(a._pick(50), b._pick(50))  # real cases only: the same draws as unset
+    x, y, _ = Batcher(cases, aug, InputSpec(), 0, real_share=0.5).next(4)
+    assert x.shape == (4, 1, 16, 16) and y.shape == (4, 16, 16)
+    with pytest.raises(ConfigError, match="real_share"):
+        SegTrainConfig(real_share=1.5)
+    with pytest.raises(ConfigError, match="real_share"):
+        SegTrainConfig(real_share=0.5, consistency_weight=1.0)
+
+
 def test_split_cases_validates_on_real_slices_only():
     """Validation patients come from patients with a real case; their generated and pseudo-labelled versions
     are neither validated on nor trained on; pseudo-labelled target patients never become validation."""

@@ -50,6 +50,22 @@ def test_lr_hold_reaches_the_optimiser(tmp_path, toy_dataset, toy_cfg):
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 0.5**0.9, 0.0])
 
 
+def test_real_share_reaches_the_batcher(tmp_path, toy_dataset, toy_cfg, monkeypatch):
+    """[train_seg] real_share is what the training's sampler draws with (its effect: tests/seg/test_data.py)."""
+    import styleseg.seg.train as train_mod
+
+    seen = []
+
+    class Spy(train_mod.Batcher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.real_share)
+
+    monkeypatch.setattr(train_mod, "Batcher", Spy)
+    train_segmentation([toy_dataset], tmp_path / "m", dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=1,
+                                                                          real_share=0.4), progress=False)
+    assert seen == [0.4]
+
 
 def test_model_folder_and_log(toy_model):
     meta = json.loads((toy_model / "model.json").read_text())

@@ -8,7 +8,9 @@
   drawn among patients with a real annotated case, and only those real cases are validated on, never their
   restyled, re-imaged or pseudo-labelled versions (which are then dropped from training too).
 - :class:`Batcher`: one seeded generator draws slice indices and per-sample seeds, so every DDP rank sees
-  the same draw and its state resumes exactly; crops are augmented at native spacing.
+  the same draw and its state resumes exactly; crops are augmented at native spacing. By default every slice of
+  every case is equally likely (the paper's m x (n+1) set, where generated slices outnumber the real ones n to
+  1); ``real_share`` fixes the share of samples drawn from the real cases instead.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class Batcher:
     transform of a comparison arm, drawn once per sample (the same draw for every slice of a 2.5D stack)."""
 
     def __init__(self, cases: list[TrainCase], augment: Any, spec: InputSpec, seed: int,
-                 extra_transform: Callable | None = None):
+                 extra_transform: Callable | None = None, real_share: float | None = None):
         self.cases = cases
         self.spec = spec
         # per case, per slice body frame of the position channels (found on the whole slice, as at inference)
@@ -144,6 +146,21 @@ class Batcher:
         self.extra = extra_transform
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._fg: dict[tuple[int, int], list] = {}
+        # rows of ``index`` from real cases and from the others (generated, pseudo-labelled); with real_share
+        # set and both present, a sample comes from the real rows with that probability
+        self.real_share = real_share
+        real = np.array([cases[ci].real for ci in self.index[:, 0]], bool) if len(self.index) else np.zeros(0, bool)
+        self._pools = (np.flatnonzero(real), np.flatnonzero(~real))
+
+    def _pick(self, n: int) -> np.ndarray:
+        """``n`` rows of ``index``: uniform over all slices, or ``real_share`` of them (in expectation) from the
+        real cases, each pool uniform over its slices."""
+        real, other = self._pools
+        if self.real_share is None or not len(real) or not len(other):
+            return self.rng.integers(len(self.index), size=n)
+        from_real = self.rng.random(size=n) < self.real_share
+        return np.where(from_real, real[self.rng.integers(len(real), size=n)],
+                        other[self.rng.integers(len(other), size=n)])
 
     def sample(self, ci: int, z: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """One augmented sample: (C, crop, crop) float32 input channels (HU, then positions) and its labels."""
@@ -177,7 +194,7 @@ class Batcher:
         """The rank's share of the next global batch: (x, labels, annotated) tensors."""
         import torch
 
-        pick = self.rng.integers(len(self.index), size=batch_size)
+        pick = self._pick(batch_size)
         seeds = self.rng.integers(2**63 - 1, size=batch_size)
         imgs, labs, anns = [], [], []
         for j in range(rank, batch_size, world):

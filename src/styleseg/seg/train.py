@@ -87,6 +87,10 @@ class SegTrainConfig:
     # decay from the first step). A short schedule that decays from the start spends its late steps at a small
     # rate, which is when a small, low-contrast structure (the spinal cord) is first learned (BENCHMARKS.md)
     lr_hold: float = new_option(0.0)
+    # beyond the paper: the share of training samples drawn from the real (annotated, acquired) cases when the
+    # training set also holds generated or pseudo-labelled ones; unset, every slice is equally likely, so with n
+    # styles n of every n + 1 samples are generated. Each pool is sampled uniformly over its slices
+    real_share: float | None = new_option(None)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -111,6 +115,11 @@ class SegTrainConfig:
             raise ConfigError(f"train_seg.val_slices must be >= 0 (0: every slice), got {self.val_slices}")
         if self.consistency_weight < 0 or (self.consistency_weight > 0 and self.batch_size % 2):
             raise ConfigError("train_seg.consistency_weight must be >= 0, and > 0 needs an even batch_size (pairs)")
+        if self.real_share is not None and not 0.0 <= self.real_share <= 1.0:
+            raise ConfigError(f"train_seg.real_share must be in [0, 1] (a share of the samples), got {self.real_share}")
+        if self.real_share is not None and self.consistency_weight > 0:
+            raise ConfigError("train_seg.real_share does not apply with consistency_weight > 0 (every paired batch is "
+                              "half source, half restyled); unset one of them")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError("train_seg: need 0 < scale_min <= scale_max")
         if self.crop % 2**self.depth:
@@ -220,8 +229,10 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    batcher = (PairBatcher if cfg.consistency_weight > 0 else Batcher)(train_cases, aug, spec_in, cfg.seed,
-                                                                        extra_transform)
+    if cfg.consistency_weight > 0:
+        batcher: Batcher = PairBatcher(train_cases, aug, spec_in, cfg.seed, extra_transform)
+    else:
+        batcher = Batcher(train_cases, aug, spec_in, cfg.seed, extra_transform, real_share=cfg.real_share)
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     arch = UNetSpec(in_channels=spec_in.in_channels, num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
