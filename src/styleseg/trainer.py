@@ -136,9 +136,13 @@ class PolyLR:
 
 
 def fast_bf16(device: Any) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports it, or a CPU whose
-    oneDNN has a bf16 path (AVX-512 cores, AMX). On an AVX2-only CPU (e.g. AMD Zen 3) bf16 autocast is emulated
-    and a U-Net training step is ~11x slower than in float32 (BENCHMARKS.md)."""
+    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports it, an x86 CPU with
+    AVX512-BF16 or AMX (Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later), or another CPU whose oneDNN
+    has a bf16 path. oneDNN also runs bf16 on x86 CPUs without those instructions (AVX-512 without BF16, e.g. Ice
+    Lake: its "bf16 supported" says yes there; AVX2, e.g. Zen 3), by emulation: a U-Net training step is then
+    3.7x (Ice Lake) to 11x (Zen 3) slower than in float32 (BENCHMARKS.md)."""
+    import platform
+
     import torch
 
     dev = torch.device(device)
@@ -146,10 +150,30 @@ def fast_bf16(device: Any) -> bool:
         return bool(torch.cuda.is_bf16_supported())
     if dev.type != "cpu":
         return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return x86_native_bf16()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return False
+
+
+def x86_native_bf16() -> bool:
+    """Whether this x86 CPU has bf16 instructions (AVX512-BF16 or AMX tiles), as torch's CPU feature detection
+    reports it; where that is missing, the ``avx512_bf16``/``amx_bf16`` flags of /proc/cpuinfo."""
+    import torch
+
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(p) for p in probes):
+        try:
+            return any(bool(p()) for p in probes)  # type: ignore[misc]
+        except RuntimeError:
+            pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 #: glibc's mallopt parameters and the values :func:`tune_allocator` sets (what the MALLOC_*_ variables would)

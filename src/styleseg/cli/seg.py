@@ -62,8 +62,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
         batch_size: int = typer.Option(8, help="Slices per forward pass."),
         precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast where the device "
-                                      "computes it natively: GPUs, CPUs with AVX-512/AMX; else float32), float32 "
-                                      "or bfloat16."),
+                                      "computes it natively: GPUs, CPUs with AVX512-BF16 or AMX; else float32), "
+                                      "float32 or bfloat16."),
         bf16: bool = typer.Option(False, "--bf16", help="The same as --precision bfloat16."),
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                            help="NHWC memory layout (faster with oneDNN in either precision)."),
