@@ -146,3 +146,32 @@ def test_source_lowpass_is_checked():
         GeneratorConfig.from_flat(image_input=True, source_skip=True, source_lowpass="segmnt")
     with pytest.raises(ValueError, match="source_lowpass"):
         GeneratorSpec(num_classes=8, source_lowpass="median")
+
+
+def test_generated_volume_does_not_depend_on_the_batch(tmp_path):
+    """The CPU default runs one slice per call (activations the tuned heap reuses); any batch gives the same
+    slices, noise included (drawn in slice order from one generator), up to float rounding to the nearest HU."""
+    from styleseg.style.augment import CPU_GEN_BATCH
+
+    rng = np.random.default_rng(1)
+    lab = np.zeros((5, 48, 48), np.uint8)
+    lab[:, 4:44, 4:44] = 6
+    lab[:, 16:32, 16:32] = 3
+    hu = (np.where(lab == 6, 30.0, np.where(lab == 3, 60.0, -1000.0)) + rng.normal(0, 10, lab.shape)).astype(np.int16)
+    rec = [{"index": 0, "case_id": "s", "slice": 0, "tags": {}}]
+    cfg = GeneratorConfig.from_flat(crop=32, steps=2, batch=1, base=4, n_res=1, nps_weight=0.0, bone_hu=0.0,
+                                    image_input=True)
+    (folder,) = fit_generators(hu[:1], lab[:1], [hu[0].astype(float)], [lab[0]], rec, tmp_path / "g", cfg,
+                               LabelSchema.default(), progress=False)
+    model, _ = load_generator(folder)
+    with torch.no_grad():
+        model.out.weight.normal_(0, 0.5)
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+    default = generate_volume(model, lab, hu, 0, seed=3)
+    hook.remove()
+    assert calls == [CPU_GEN_BATCH] * (5 // CPU_GEN_BATCH) + ([5 % CPU_GEN_BATCH] if 5 % CPU_GEN_BATCH else [])
+    for b in (2, 4, 8):
+        diff = np.abs(generate_volume(model, lab, hu, 0, seed=3, batch=b).astype(int) - default)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert np.ptp(default[:, 20, 20]) > 0  # the slices differ: each got its own noise

@@ -39,12 +39,29 @@ def find_generators(generators: Sequence[str | Path] | str | Path) -> list[Path]
     return [Path(p) for p in generators]
 
 
+#: slices per generator call on a CPU: one 512 x 512 slice's activations (base 16, float32, 16 MiB a layer) stay
+#: under glibc's largest mmap threshold, so with :func:`styleseg.trainer.tune_allocator` the heap reuses them; a
+#: batch of 4 had every layer fault in and zero-fill fresh pages, half the augment stage's time in the kernel and
+#: a memory load that slowed U-Nets training beside it (BENCHMARKS.md, "Session 20")
+CPU_GEN_BATCH = 1
+#: slices per generator call on a GPU
+GPU_GEN_BATCH = 4
+
+
 def generate_volume(model, label: np.ndarray, image: np.ndarray | None, style: int, seed: int,
-                    device: torch.device | str = "cpu", batch: int = 4) -> np.ndarray:
+                    device: torch.device | str = "cpu", batch: int | None = None) -> np.ndarray:
     """Run a generator over a label volume (z, y, x) slice by slice at native size -> int16 HU (z, y, x).
 
     A generator with a derived bone segment (``spec.bone_hu``) takes the bone from ``image`` (the source
-    slices the label maps belong to)."""
+    slices the label maps belong to). ``batch`` slices go through the network at a time (the result depends on
+    it only by float rounding): by default :data:`CPU_GEN_BATCH` on a CPU, where the allocator is also told to
+    keep freed memory (:func:`styleseg.trainer.tune_allocator`), and :data:`GPU_GEN_BATCH` elsewhere."""
+    if torch.device(device).type == "cpu":
+        from styleseg.trainer import tune_allocator
+
+        tune_allocator()
+        batch = batch or CPU_GEN_BATCH
+    batch = batch or GPU_GEN_BATCH
     out = np.empty(label.shape, np.int16)
     if model.spec.image_input and image is None:
         raise ValueError("this generator reads the source slice (image_input): pass the source image too")
