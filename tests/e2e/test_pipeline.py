@@ -131,8 +131,13 @@ def test_every_arm_is_trained_predicted_and_evaluated(finished: Path) -> None:
         if arm != "reference":  # every arm is compared with the reference arm, which runs here
             assert m["comparison"]["other"].endswith("arms/reference/pred")
     # the position arm is the baseline's U-Net plus two position channels; every other arm keeps the paper's
-    meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text()) for a in ("baseline", "position")}
+    meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text())
+            for a in ("baseline", "position", "styleseg_ref", "styleseg_mix_ref")}
     assert meta["position"]["position"] and not meta["baseline"]["position"]
+    # styleseg_mix_ref is styleseg_ref, on the same augmented data, with half of its samples from the real source
+    assert meta["styleseg_mix_ref"]["config"]["real_share"] == 0.5 and meta["styleseg_ref"]["config"]["real_share"] \
+        is None
+    assert meta["styleseg_mix_ref"]["split"] == meta["styleseg_ref"]["split"]
     assert meta["position"]["architecture"]["in_channels"] == meta["baseline"]["architecture"]["in_channels"] + 2
     assert not (run / "arms" / "denoise" / "model").exists()  # denoise applies the baseline's model
     # m x (n+1): 3 source cases x (2 styles + original)

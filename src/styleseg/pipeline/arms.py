@@ -146,6 +146,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         **REFERENCE),
     Arm("styleseg_cond_ref", "styleseg (conditional generator) on the reference recipe",
         train_on=("aug_conditional",), **REFERENCE),
+    Arm("styleseg_mix_ref", "styleseg on the reference recipe, half of the training samples from the real source",
+        train_on=("aug_separate",), transform=("intensity",), seg_changes={"position": True, "real_share": 0.5}),
     Arm("consistency_ref", "styleseg + paired consistency of source and restyled crops, on the reference recipe",
         train_on=("aug_separate",), transform=("intensity",),
         seg_changes={"position": True, "consistency_weight": 1.0}),
