@@ -9,6 +9,8 @@ the oracle's gap an arm closes, (arm - reference) / (oracle - reference), where 
 per arm whether every seed's training converged (best validation Dice of the last third of the epochs minus the
 best before it < 0.01). Arms that two runs share (the same reference, reused) are printed once. Where a run has
 same-scan pairs (RUN/agreement.json), its agreement over seeds and the paired difference to the reference follow.
+``--pair A B`` adds the paired difference of arm A to arm B of each run (the same two-stage bootstrap over seeds x
+cases, computed from the arms' metrics.json): e.g. two variants of one method, neither of them the reference.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="RUN or RUN=LABEL")
     ap.add_argument("--oracle", default="oracle_ref", help="the arm whose gap to the reference is the one to close")
+    ap.add_argument("--pair", nargs=2, metavar=("A", "B"), help="also print arm A - arm B, paired, for each run")
     args = ap.parse_args()
     rows, seen = [], set()
     for spec in args.runs:
@@ -86,9 +89,32 @@ def main() -> int:
             else:
                 cells.append(f"{d['mean_diff'] / g['mean_diff']:+.0%}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.pair:
+        for spec in args.runs:
+            pair(spec, *args.pair, structures)
     for spec in args.runs:
         agreement(spec)
     return 0
+
+
+def pair(spec: str, a: str, b: str, structures: list[str]) -> None:
+    """Arm a minus arm b over the run's seeds x cases, as the run's difference to its reference is computed."""
+    from styleseg.eval.seeds import compare_seeds
+
+    path = Path(spec.partition("=")[0])
+    seeds = json.loads((path / "seeds.json").read_text())["seeds"]
+
+    def per_seed(arm: str) -> list[dict]:
+        files = [path / "arms" / arm / ("" if k == 0 else f"seed{s}") / "metrics.json" for k, s in enumerate(seeds)]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            sys.exit(f"{missing[0]}: not found; is {arm!r} an arm of {path} that finished every seed?")
+        return [json.loads(f.read_text()) for f in files]
+
+    diff = compare_seeds(per_seed(a), per_seed(b), structures)
+    print(f"\n{path}: paired difference {a} - {b} [95% CI over seeds x cases]; bold: resolved\n")
+    print(f"| {a} - {b} | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+    print(f"| {path.name} | " + " | ".join(cell(diff.get(s, {}).get("dice"), True) for s in structures) + " |")
 
 
 def agreement(spec: str) -> None:

@@ -303,6 +303,10 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True).stdout
     cell = f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
     assert cell in table and (f"**{cell}**" in table) == d["resolved"]
+    # --pair computes any two arms' difference the way seeds.json computes an arm's to the reference
+    paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--pair",
+                             "styleseg_ref", "reference"], capture_output=True, text=True, check=True).stdout
+    assert "styleseg_ref - reference" in paired and cell in paired.split("paired difference styleseg_ref")[1]
     # the same-scan agreement over both seeds, with each arm's paired difference to the reference
     agree = json.loads((run / "agreement.json").read_text())
     assert set(agree["per_seed"]["styleseg_ref"]) == {"3", "4"}
