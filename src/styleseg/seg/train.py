@@ -229,10 +229,8 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
     aug = TrainAugment(TrainAugmentConfig(crop=cfg.crop, rotate_deg=cfg.rotate_deg,
                                           scale=(cfg.scale_min, cfg.scale_max), elastic_prob=cfg.elastic_prob,
                                           foreground_prob=cfg.foreground_prob), organs)
-    if cfg.consistency_weight > 0:
-        batcher: Batcher = PairBatcher(train_cases, aug, spec_in, cfg.seed, extra_transform)
-    else:
-        batcher = Batcher(train_cases, aug, spec_in, cfg.seed, extra_transform, real_share=cfg.real_share)
+    batcher = (PairBatcher(train_cases, aug, spec_in, cfg.seed, extra_transform) if cfg.consistency_weight > 0
+               else Batcher(train_cases, aug, spec_in, cfg.seed, extra_transform, real_share=cfg.real_share))
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(batcher.index) // cfg.batch_size)
     arch = UNetSpec(in_channels=spec_in.in_channels, num_classes=schema.num_classes,
                     base_channels=cfg.base_channels, depth=cfg.depth)
