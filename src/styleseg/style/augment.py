@@ -56,12 +56,12 @@ def generate_volume(model, label: np.ndarray, image: np.ndarray | None, style: i
     slices the label maps belong to). ``batch`` slices go through the network at a time (the result depends on
     it only by float rounding): by default :data:`CPU_GEN_BATCH` on a CPU, where the allocator is also told to
     keep freed memory (:func:`styleseg.trainer.tune_allocator`), and :data:`GPU_GEN_BATCH` elsewhere."""
-    if torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:
         from styleseg.trainer import tune_allocator
 
         tune_allocator()
-        batch = batch or CPU_GEN_BATCH
-    batch = batch or GPU_GEN_BATCH
+    batch = batch or (CPU_GEN_BATCH if on_cpu else GPU_GEN_BATCH)
     out = np.empty(label.shape, np.int16)
     if model.spec.image_input and image is None:
         raise ValueError("this generator reads the source slice (image_input): pass the source image too")
