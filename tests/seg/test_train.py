@@ -211,8 +211,8 @@ def test_validation_in_bf16_agrees_with_float32(toy_model, toy_dataset):
     from styleseg.runs import read_model_folder
     from styleseg.seg.data import load_cases
     from styleseg.seg.inputs import InputSpec
-    from styleseg.seg.train import validation_dice
     from styleseg.seg.unet import UNet, UNetSpec
+    from styleseg.seg.validate import validation_dice
 
     meta, state = read_model_folder(toy_model, "segmentation")
     model = UNet(UNetSpec.from_json(meta["architecture"])).to(memory_format=torch.channels_last)
