@@ -132,12 +132,21 @@ def test_every_arm_is_trained_predicted_and_evaluated(finished: Path) -> None:
             assert m["comparison"]["other"].endswith("arms/reference/pred")
     # the position arm is the baseline's U-Net plus two position channels; every other arm keeps the paper's
     meta = {a: json.loads((run / "arms" / a / "model" / "model.json").read_text())
-            for a in ("baseline", "position", "styleseg_ref", "styleseg_mix_ref")}
+            for a in ("baseline", "position", "reference", "styleseg_ref", "styleseg_mix_ref", "styleseg_ft_ref",
+                      "reference_ft")}
     assert meta["position"]["position"] and not meta["baseline"]["position"]
     # styleseg_mix_ref is styleseg_ref, on the same augmented data, with half of its samples from the real source
     assert meta["styleseg_mix_ref"]["config"]["real_share"] == 0.5 and meta["styleseg_ref"]["config"]["real_share"] \
         is None
     assert meta["styleseg_mix_ref"]["split"] == meta["styleseg_ref"]["split"]
+    # the fine-tuning arms start from the reference's model, at a third of its learning rate; the control on the
+    # reference's own data, styleseg's on the augmented data
+    for a in ("styleseg_ft_ref", "reference_ft"):
+        assert meta[a]["init_from"] == {"model": "run/arms/reference/model",
+                                        "config_hash": meta["reference"]["config_hash"]}, a
+        assert meta[a]["config"]["lr"] == pytest.approx(meta["reference"]["config"]["lr"] / 3), a
+    assert meta["reference_ft"]["datasets"] == meta["reference"]["datasets"]
+    assert meta["styleseg_ft_ref"]["datasets"] == meta["styleseg_ref"]["datasets"]
     assert meta["position"]["architecture"]["in_channels"] == meta["baseline"]["architecture"]["in_channels"] + 2
     assert not (run / "arms" / "denoise" / "model").exists()  # denoise applies the baseline's model
     # m x (n+1): 3 source cases x (2 styles + original)
@@ -257,7 +266,8 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     (the source-only arms start beside the generators and the re-imaging): a folder per seed, seeds.json with
     means over seeds x cases and paired differences to the reference, cyclic rounds recorded, physics
     randomisation with random protocols, and the report's seeds section."""
-    arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref")
+    arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref",
+            "styleseg_ft_ref")
     text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2')
     text = text.replace("batch_size = 2", "batch_size = 4")
     cfg = load_experiment(_toml(tmp_path, arms, text))
@@ -277,6 +287,11 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     assert not any(n.endswith("@4") for n in order[first_data + 3:later])
     queued = [n for n, w in events if w == "queued for a worker"]
     assert len(queued) == len(set(queued))  # every arm, seed and cyclic round once
+    # a fine-tuning is queued after the model it starts from is done, and starts from that seed's model
+    at = {(n, w.split()[0]): i for i, (n, w) in enumerate(events)}
+    assert at[("train_reference@4", "done")] < at[("train_styleseg_ft_ref@4", "queued")]
+    ft4 = json.loads((run / "arms" / "styleseg_ft_ref" / "seed4" / "model" / "model.json").read_text())
+    assert ft4["init_from"]["model"] == str(run / "arms" / "reference" / "seed4" / "model")
     for arm in arms:
         assert (run / "arms" / arm / "metrics.json").exists()
         assert (run / "arms" / arm / "seed4" / "metrics.json").exists()

@@ -85,6 +85,16 @@ def test_train_seg_refuses_an_impossible_config_file(model_and_data, tmp_path):
     assert not Path(tmp_path / "m2").exists()
 
 
+def test_train_seg_refuses_to_start_from_a_model_of_another_architecture(model_and_data, tmp_path):
+    root = model_and_data
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[train_seg]\nbase_channels = 8\ndepth = 2\ncrop = 16\nbatch_size = 2\nepochs = 1\n")
+    expect_error(["train-seg", str(root / "ds"), "--out", str(tmp_path / "m2"), "--config", str(cfg), "--no-val",
+                  "--init-from", str(root / "m")], input="train-seg --init-from a model with 4 base channels, not 8",
+                 contains=[str(root / "m" / "model.json"), "architecture differ"], left="nothing", tmp=tmp_path)
+    assert not Path(tmp_path / "m2" / "model.json").exists()
+
+
 @pytest.mark.parametrize("device, words", [
     pytest.param("cuda", ["no CUDA GPU", "--device cpu"], id="cuda-without-gpu"),
     pytest.param("cuda:7", ["CUDA GPU"], id="cuda-index"),

@@ -103,6 +103,58 @@ def test_resume_is_exact(tmp_path, toy_dataset, toy_cfg):
         train_segmentation([toy_dataset], part, dataclasses.replace(toy_cfg, lr=0.5), progress=False, resume=True)
 
 
+def _weights(folder):
+    """The learnt parameters of a model folder (batch-norm running statistics left out: they move in any
+    training step, whatever the learning rate)."""
+    sd = torch.load(folder / "weights.pt", weights_only=True)
+    return {k: v for k, v in sd.items() if "running" not in k and "num_batches" not in k}
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path, toy_dataset, toy_cfg, toy_model):
+    """With a negligible learning rate a fine-tuning ends where its start model was; a training from scratch with
+    the same settings does not. The start model is recorded and is part of the checkpoint's identity."""
+    cfg = dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=2, lr=1e-9)
+    ft = train_segmentation([toy_dataset], tmp_path / "ft", cfg, val_cases=[], progress=False, init_from=toy_model)
+    scratch = train_segmentation([toy_dataset], tmp_path / "scratch", cfg, val_cases=[], progress=False)
+    start, tuned, fresh = _weights(toy_model), _weights(ft), _weights(scratch)
+    assert start.keys() == tuned.keys()
+    for k in start:
+        torch.testing.assert_close(tuned[k], start[k], atol=1e-5, rtol=0)
+    assert max(float((fresh[k] - start[k]).abs().max()) for k in start) > 0.05
+    meta = json.loads((ft / "model.json").read_text())
+    assert meta["init_from"] == {"model": str(toy_model),
+                                 "config_hash": json.loads((toy_model / "model.json").read_text())["config_hash"]}
+    assert "init_from" not in json.loads((scratch / "model.json").read_text())
+    # a checkpoint of the fine-tuning is not resumed as a training from scratch (nor the other way round)
+    with pytest.raises(ConfigError, match="another config"):
+        train_segmentation([toy_dataset], ft, cfg, val_cases=[], progress=False, resume=True)
+    with pytest.raises(ConfigError, match="another config"):
+        train_segmentation([toy_dataset], scratch, cfg, val_cases=[], progress=False, resume=True,
+                           init_from=toy_model)
+
+
+def test_fine_tuning_refuses_a_model_it_cannot_start_from(tmp_path, toy_dataset, toy_cfg, toy_model):
+    import shutil
+
+    cfg = dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=1)
+    with pytest.raises(InputError, match="architecture differ") as e:
+        train_segmentation([toy_dataset], tmp_path / "a", dataclasses.replace(cfg, base_channels=8), val_cases=[],
+                           progress=False, init_from=toy_model)
+    assert "model.json" in str(e.value) and not (tmp_path / "a" / "model.json").exists()
+    with pytest.raises(InputError, match="its architecture, position"):
+        train_segmentation([toy_dataset], tmp_path / "b", dataclasses.replace(cfg, position=True), val_cases=[],
+                           progress=False, init_from=toy_model)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(toy_model, unfinished)
+    meta = json.loads((unfinished / "model.json").read_text())
+    (unfinished / "model.json").write_text(json.dumps({**meta, "complete": False}))
+    with pytest.raises(InputError, match="not finished"):
+        train_segmentation([toy_dataset], tmp_path / "c", cfg, val_cases=[], progress=False, init_from=unfinished)
+    with pytest.raises(InputError, match="does not exist"):
+        train_segmentation([toy_dataset], tmp_path / "d", cfg, val_cases=[], progress=False,
+                           init_from=tmp_path / "nope")
+
+
 def test_extra_transform_hook_is_applied(tmp_path, toy_dataset, toy_cfg):
     seen = []
 

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option("quick", help="quick (CPU, minutes) or paper (GPU)."),
         config: Path | None = typer.Option(None, help="TOML file with [train_seg] settings over the preset."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run exactly."),
+        init_from: Path | None = typer.Option(None, "--init-from", help="Model folder (train-seg) to start from: "
+                                              "fine-tune its weights instead of a random initialisation."),
         val_case: list[str] = typer.Option([], "--val-case", help="Validation case (repeat); default: seeded split."),
         no_val: bool = typer.Option(False, "--no-val", help="Train on every case; keep the last epoch."),
         epochs: int | None = typer.Option(None, help="Override the number of epochs."),
@@ -29,6 +31,7 @@ def register(app: typer.Typer) -> None:
         """Train the U-Net (Dice + CE, partial labels as unknown) at native pixel spacing.
 
         Example: styleseg train-seg data/source data/augmented --out models/unet2 --preset quick
+        Fine-tuning: styleseg train-seg data/source data/augmented --init-from models/unet1 --out models/unet2ft
         Multi-GPU: torchrun --nproc_per_node 4 $(which styleseg) train-seg DATASET --out MODEL --preset paper
         """
         from rich.console import Console
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
             con.print(dump_toml({"train_seg": to_dict(cfg)}), markup=False, highlight=False)
             return
         vc = [] if no_val else (val_case or None)
-        folder = train_segmentation(datasets, out, cfg, resume=resume, val_cases=vc)
+        folder = train_segmentation(datasets, out, cfg, resume=resume, val_cases=vc, init_from=init_from)
         con.print(f"[green]model written to[/] {esc(folder)}", highlight=False)
 
     @app.command("segment")

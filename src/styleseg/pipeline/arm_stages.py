@@ -24,9 +24,11 @@ from styleseg.pipeline.arms import TEST_TIME, Arm
 log = logging.getLogger("styleseg.pipeline")
 
 
-def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, threads: int | None) -> float:
-    """One U-Net training (in the caller's process, or a worker's with ``threads`` torch threads); resumes an
-    interrupted run of the same config, starts over after one of another. Returns its wall time."""
+def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, threads: int | None,
+              init_from: Path | None = None) -> float:
+    """One U-Net training (in the caller's process, or a worker's with ``threads`` torch threads; from the
+    weights of the model ``init_from`` if given); resumes an interrupted run of the same config, starts over
+    after one of another. Returns its wall time."""
     import time
 
     from styleseg.errors import CheckpointMismatch
@@ -40,11 +42,12 @@ def train_job(datasets: list[Path], out: Path, scfg: Any, transform: Any, thread
     progress = threads is None
     try:
         train_segmentation(datasets, out, scfg, resume=(out / "checkpoint.pt").exists(), extra_transform=transform,
-                           progress=progress)
+                           progress=progress, init_from=init_from)
     except CheckpointMismatch:  # interrupted under another config: nothing of it can be reused
         log.info("%s: the checkpoint there is from another configuration; training from scratch", out)
         pdata._clear(out)
-        train_segmentation(datasets, out, scfg, resume=False, extra_transform=transform, progress=progress)
+        train_segmentation(datasets, out, scfg, resume=False, extra_transform=transform, progress=progress,
+                           init_from=init_from)
     return time.perf_counter() - t0
 
 
@@ -132,14 +135,16 @@ class ArmStages:
                extra_hash: dict[str, Any] | None = None) -> None:
         """Train one U-Net as a stage: here, or (``cfg.jobs`` > 1) in a worker process, its stage recorded when
         :meth:`collect_trainings` has its result."""
-        scfg = self.cfg.seg_config(seed=seed, **arm.seg_changes)
+        scfg = arm.budgeted(self.cfg.seg_config(seed=seed, **arm.seg_changes))
         cfg = {"seg": hash_view(scfg), "arm": arm.name, **(extra_hash or {})}
+        init = self.arm_dir(arm.starts_from, seed) / "model" if arm.starts_from else None
         outputs = [out / "model.json"]
         hashes = [self.hashes[u] for u in upstream]
         if self.pool is not None and not self.stages.up_to_date(stage, cfg, hashes, outputs):
             if self.stages.marker(stage).exists():  # finished under another config: start over
                 pdata._clear(out)
-            job = self.pool.submit(train_job, datasets, out, scfg, arm.build_transform(self), self.worker_threads)
+            job = self.pool.submit(train_job, datasets, out, scfg, arm.build_transform(self), self.worker_threads,
+                                   init)
             self.pending.append((stage, cfg, upstream, outputs, job))
             self.stages.on_event(stage, "queued for a worker")
             return
@@ -147,7 +152,7 @@ class ArmStages:
         def build(stale: bool) -> None:
             if stale:
                 pdata._clear(out)
-            train_job(datasets, out, scfg, arm.build_transform(self), None)
+            train_job(datasets, out, scfg, arm.build_transform(self), None, init)
         self._stage(stage, cfg, upstream, outputs, build)
 
     def collect_trainings(self) -> None:
@@ -167,7 +172,8 @@ class ArmStages:
         return [self.datasets[(d, seed)] for d in arm.train_on]
 
     def _arm_upstream(self, arm: Arm, seed: int) -> list[str]:
-        return ["data", "split"] + [self.stage_name(s, seed) for s in arm.upstream()[2:]]
+        first = [self.stage_name(f"train_{arm.starts_from}", seed)] if arm.starts_from else []
+        return ["data", "split"] + [self.stage_name(s, seed) for s in arm.upstream()[2:]] + first
 
     def stage_cyclic_round(self, arm: Arm, seed: int, r: int) -> None:
         """Round ``r`` of the paper's cyclic training (its future work): the previous round's model (round 1:
@@ -206,12 +212,14 @@ class ArmStages:
             stop_pool(self.pool, wait=ok)
             self.pool = None
 
-    def submit_trainings(self, arms: list, seeds: Sequence[int] | None = None) -> None:
+    def submit_trainings(self, arms: list, seeds: Sequence[int] | None = None, after: bool = False) -> None:
         """The U-Net of each of ``arms`` (cyclic rounds excepted) for every seed of ``seeds`` (default: all):
-        queued to the workers, or trained here. An arm and seed already submitted is not submitted again."""
+        queued to the workers, or trained here. An arm and seed already submitted is not submitted again. Arms
+        that fine-tune another arm's model only with ``after`` (when the models they start from are done)."""
         for seed in self.seeds if seeds is None else seeds:
             for arm in arms:
-                if arm.trains and not arm.rounds and (arm.name, seed) not in self.submitted:
+                if (arm.trains and not arm.rounds and bool(arm.starts_from) == after
+                        and (arm.name, seed) not in self.submitted):
                     self.submitted.add((arm.name, seed))
                     self.stage_train_arm(arm, seed)
         self.share_cpus()
@@ -225,7 +233,9 @@ class ArmStages:
                                    and all((d, s) in self.datasets for d in a.train_on)], [s])
 
     def finish_trainings(self, ready: list) -> None:
-        """Wait for the queued trainings, then the cyclic rounds after the arms they start from."""
+        """Wait for the queued trainings, then the fine-tunings and cyclic rounds after the arms they start from."""
+        self.collect_trainings()
+        self.submit_trainings(ready, after=True)
         self.collect_trainings()
         for r in range(1, max((a.rounds for a in ready), default=0) + 1):
             for seed in self.seeds:

@@ -3,7 +3,8 @@
 An arm says what its U-Net trains on (``train_on``: the source, an augmented dataset, the oracle's re-imaged
 source), which intensity transform its training crops get (``transform``, a key of :data:`TRANSFORMS`), how
 its U-Net differs from the preset (``seg_changes``), whether it reuses another arm's model instead of training
-(``reuses``) and what it does to the test images first (``test_time``, a key of :data:`TEST_TIME`). The
+(``reuses``) or fine-tunes it (``starts_from``, for a share ``budget`` of the run's epochs at ``lr_scale`` times its
+learning rate) and what it does to the test images first (``test_time``, a key of :data:`TEST_TIME`). The
 builders of transforms take an :class:`ArmContext`, which gives them the run's unlabelled target slices.
 Adding an arm is one entry here.
 """
@@ -39,6 +40,11 @@ class Arm:
     #: starting from the model of ``reuses_rounds_from``
     rounds: int = 0
     rounds_from: str | None = None
+    #: fine-tuning: the U-Net starts from the weights of this arm's model (same seed, trained first) and trains
+    #: ``budget`` of the run's epochs at ``lr_scale`` times its learning rate
+    starts_from: str | None = None
+    budget: float = 1.0
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         bad = [d for d in self.train_on if d not in TRAINING_DATASETS]
@@ -49,6 +55,8 @@ class Arm:
             raise ValueError(f"arm {self.name}: unknown transform(s) {bad}")
         if self.rounds and not self.rounds_from:
             raise ValueError(f"arm {self.name}: cyclic rounds need the arm they start from (rounds_from)")
+        if self.starts_from == self.name or not 0 < self.budget <= 1 or not self.lr_scale > 0:
+            raise ValueError(f"arm {self.name}: starts_from must be another arm, 0 < budget <= 1, lr_scale > 0")
         if self.test_time is not None and self.test_time not in TEST_TIME:
             raise ValueError(f"arm {self.name}: unknown test-time step {self.test_time!r}")
 
@@ -60,6 +68,14 @@ class Arm:
     def model_arm(self) -> str:
         """The arm whose model this arm applies."""
         return self.reuses or self.name
+
+    def budgeted(self, cfg: Any) -> Any:
+        """U-Net settings ``cfg`` (a SegTrainConfig) with the arm's budget and learning-rate scale applied."""
+        import dataclasses
+
+        if self.budget == 1 and self.lr_scale == 1:
+            return cfg
+        return dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * self.budget)), lr=cfg.lr * self.lr_scale)
 
     def upstream(self) -> list[str]:
         """The stages its training reads from."""
@@ -153,6 +169,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         seg_changes={"position": True, "consistency_weight": 1.0}),
     Arm("cyclic_ref", "styleseg + cyclic pseudo-labels of the target (2 rounds), on the reference recipe",
         train_on=("aug_separate",), rounds=2, rounds_from="styleseg_ref", **REFERENCE),
+    # fine-tuning the reference's U-Net for a third of the budget at a third of the rate: with styleseg's data, and
+    # (the control that tells the data from the extra steps) with the reference's own
+    Arm("reference_ft", "reference, fine-tuned further on the source (the control of styleseg_ft_ref)",
+        starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
+    Arm("styleseg_ft_ref", "styleseg fine-tuning the reference's U-Net (a third of the budget, a third of the rate)",
+        train_on=("aug_separate",), starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
     Arm("physics_ref", "physics randomisation: source re-imaged at random doses and kernels, on the reference",
         train_on=("physics",), **REFERENCE),
     Arm("oracle_ref", "oracle (true target texture) on the reference recipe", train_on=("oracle",), role="oracle",

@@ -124,7 +124,7 @@ class ExperimentConfig:
         if self.reference is None and not {"baseline", "reference"} & set(self.arms):
             raise ConfigError("arms: 'baseline' or 'reference' is required (every arm is compared against it)")
         for a in self.arms:
-            for needs in (ARMS[a].reuses, ARMS[a].rounds_from):
+            for needs in (ARMS[a].reuses, ARMS[a].rounds_from, ARMS[a].starts_from):
                 if needs and needs not in self.arms:
                     raise ConfigError(f"arms: {a!r} starts from the model of {needs!r}; add that arm too")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):

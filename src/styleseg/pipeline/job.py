@@ -313,9 +313,11 @@ class Job(Experiment):
                 self.skipped_arms[a.name] = "the job segments with trained models only (no oracle, no test-time step)"
             elif a.rounds:
                 self.skipped_arms[a.name] = "cyclic rounds run on the benchmark path only"
+            elif a.starts_from in self.skipped_arms:
+                self.skipped_arms[a.name] = f"it starts from the model of {a.starts_from}, which the job skips"
             else:
                 out.append(a)
-        return out
+        return sorted(out, key=lambda a: a.starts_from is not None)  # a fine-tuning after the model it starts from
 
     def run_all(self) -> dict[str, Any]:
         from styleseg.config import dump_toml

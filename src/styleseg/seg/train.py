@@ -141,6 +141,27 @@ class SegTrainConfig:
                    steps_per_epoch=0, lr=1e-3, amp="auto", patience=10)
 
 
+def _init_weights(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model.json and weights of the finished model a fine-tuning starts from."""
+    from styleseg.runs import read_model_folder
+
+    meta, sd = read_model_folder(folder, "segmentation")
+    if not meta.get("complete", True):
+        raise InputError(Path(folder) / "model.json", "this model's training has not finished",
+                         "finish it (train-seg --resume) before starting from it")
+    return meta, sd
+
+
+def _check_init(folder: Path, init: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A model to start from must have the new U-Net's architecture, labels and input channels."""
+    keys = ["architecture", "labels", *InputSpec().to_model_json(), "position_smooth_px"]
+    diff = [k for k in keys if init.get(k) != meta.get(k)]
+    if diff:
+        raise InputError(Path(folder) / "model.json", f"cannot start from this model: its {', '.join(diff)} differ "
+                         "from the U-Net being trained", "start from a model trained with the same labels and "
+                         "[train_seg] windows, context, position, base_channels and depth")
+
+
 @dataclass
 class _Setup:
     """Everything one training run works with (built once, before the loop)."""
@@ -168,7 +189,8 @@ class _Setup:
 
 
 def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequence[str] | None,
-           extra_transform: Callable | None, rank: int, world: int, distributed: bool) -> tuple[_Setup, str]:
+           extra_transform: Callable | None, rank: int, world: int, distributed: bool,
+           init: list[str]) -> tuple[_Setup, str]:
     import torch
 
     from styleseg.data.transforms import TrainAugment, TrainAugmentConfig
@@ -211,7 +233,8 @@ def _setup(datasets: list[Path], out: Path, cfg: SegTrainConfig, val_cases: Sequ
                                                         else None)
     # the split is part of what a checkpoint was trained on: one of another split is not resumed
     chash = config_hash(cfg, extra=[str(d.resolve()) for d in datasets]
-                        + ["val:" + ",".join(c.key for c in val_set), "train:" + ",".join(c.key for c in train_cases)])
+                        + ["val:" + ",".join(c.key for c in val_set), "train:" + ",".join(c.key for c in train_cases)]
+                        + init)
     meta = {"architecture": arch.to_json(), "labels": schema.to_labels_dict(), **spec_in.to_model_json(),
             "catch_all": catch_all, "config": to_dict(cfg), "config_hash": chash,
             "split": {"train": [c.key for c in train_cases], "val": [c.key for c in val_set]},
@@ -311,14 +334,16 @@ def _finalise(s: _Setup, st: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig, resume: bool = False,
                        val_cases: Sequence[str] | None = None, extra_transform: Callable | None = None,
-                       progress: bool = True, stop_after_steps: int | None = None) -> Path:
+                       progress: bool = True, stop_after_steps: int | None = None,
+                       init_from: Path | None = None) -> Path:
     """Train a U-Net and write a segmentation model folder at ``out`` (model.json + weights.pt of the
     best validation epoch, or the last epoch without validation), ``checkpoint.pt`` and
     ``train_log.jsonl``. ``val_cases=[]`` disables validation; ``stop_after_steps`` interrupts the
     run after that many optimiser steps (with a checkpoint), as a crash would; ``resume=True`` then
     continues it exactly (a checkpoint of another config raises CheckpointMismatch).
     ``extra_transform(hu_crop, rng) -> hu_crop`` is the hook of intensity comparison arms (must be
-    picklable for DDP spawn)."""
+    picklable for DDP spawn). ``init_from``: a segmentation model folder whose weights the U-Net starts from
+    (fine-tuning; same architecture, labels and input encoding) instead of a random initialisation."""
     from styleseg.trainer import TrainingRun
 
     out = Path(out)
@@ -331,7 +356,13 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
         raise InputError(out, "model folder already exists", "choose another --out, or pass --resume to continue")
     if resume and not (out / "checkpoint.pt").exists():
         raise InputError(out / "checkpoint.pt", "nothing to resume: no checkpoint", "start without --resume")
-    s, chash = _setup(datasets, out, cfg, val_cases, extra_transform, rank, world, distributed)
+    init_meta, init_sd = _init_weights(init_from) if init_from is not None else ({}, None)
+    init = [f"init:{init_meta['config_hash']}:{state_hash(init_sd)}"] if init_sd is not None else []
+    s, chash = _setup(datasets, out, cfg, val_cases, extra_transform, rank, world, distributed, init)
+    if init_from is not None and init_sd is not None:
+        _check_init(Path(init_from), init_meta, s.meta)
+        s.model.load_state_dict(init_sd)
+        s.meta["init_from"] = {"model": str(init_from), "config_hash": init_meta["config_hash"]}
     import torch
 
     run = TrainingRun(out, chash, rank=rank, progress=progress,
