@@ -51,6 +51,7 @@ def model_and_data(tmp_path_factory):
     ("seeds = [0, 0]", ["distinct"]),
     ("jobs = 0", ["jobs = 0"]),
     ("arms = [\"baseline\", \"cyclic_ref\"]", ["starts from the model of 'styleseg_ref'"]),
+    ("arms = [\"baseline\", \"styleseg_ft_ref\"]", ["starts from the model of 'reference'"]),
 ])
 def test_an_experiment_with_an_impossible_setting_is_refused_before_any_stage(tmp_path, extra, words):
     p = tmp_path / "bad.toml"

@@ -1,0 +1,21 @@
+"""The arm table (pipeline/arms.py): what an arm changes in the run's U-Net settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from styleseg.pipeline.arms import ARMS, Arm
+from styleseg.seg.train import SegTrainConfig
+
+
+def test_a_fine_tuning_arm_trains_a_share_of_the_budget_at_a_share_of_the_rate():
+    """Arm.budgeted: the run's U-Net settings with the arm's epochs and learning rate scaled; an arm without a
+    budget gets them unchanged (the same object, so its stage hash is the one it always had)."""
+    cfg = SegTrainConfig(epochs=20, lr=3e-3)
+    ft = ARMS["styleseg_ft_ref"].budgeted(cfg)
+    assert (ft.epochs, ft.lr) == (7, pytest.approx(1e-3)) and ft.batch_size == cfg.batch_size
+    assert ARMS["styleseg_ref"].budgeted(cfg) is cfg
+    assert Arm("x", "x", starts_from="reference", budget=0.01).budgeted(cfg).epochs == 1  # at least one epoch
+    for bad in ({"budget": 0.0}, {"budget": 1.5}, {"lr_scale": 0.0}, {"starts_from": "x"}):
+        with pytest.raises(ValueError, match="starts_from"):
+            Arm("x", "x", **{"starts_from": "reference", **bad})
