@@ -290,6 +290,7 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     # a fine-tuning is queued after the model it starts from is done, and starts from that seed's model
     at = {(n, w.split()[0]): i for i, (n, w) in enumerate(events)}
     assert at[("train_reference@4", "done")] < at[("train_styleseg_ft_ref@4", "queued")]
+    assert at[("train_styleseg_ft_ref", "queued")] < at[("train_reference@4", "done")]  # not after every seed's
     ft4 = json.loads((run / "arms" / "styleseg_ft_ref" / "seed4" / "model" / "model.json").read_text())
     assert ft4["init_from"]["model"] == str(run / "arms" / "reference" / "seed4" / "model")
     for arm in arms:

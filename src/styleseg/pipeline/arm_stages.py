@@ -9,7 +9,7 @@ the single-seed layout (``RUN/arms/<arm>/model``, ``pred``, ``metrics.json``), e
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -155,11 +155,14 @@ class ArmStages:
             train_job(datasets, out, scfg, arm.build_transform(self), None, init)
         self._stage(stage, cfg, upstream, outputs, build)
 
-    def collect_trainings(self) -> None:
-        """Wait for the trainings running in worker processes and record their stages, in submission order."""
-        pending, self.pending = self.pending, []
-        for stage, cfg, upstream, outputs, job in pending:
+    def collect_trainings(self, then: Callable[[], None] | None = None) -> None:
+        """Wait for the trainings running in worker processes and record their stages, in submission order;
+        ``then()`` after each (it may queue more, which are waited for too)."""
+        while self.pending:
+            stage, cfg, upstream, outputs, job = self.pending.pop(0)
             self._stage(stage, cfg, upstream, outputs, lambda stale, job=job: job.result())
+            if then is not None:
+                then()
 
     def stage_train_arm(self, arm: Arm, seed: int) -> Path:
         """Train the arm's U-Net for one seed (an arm with cyclic rounds: see :meth:`stage_cyclic_round`)."""
@@ -215,10 +218,11 @@ class ArmStages:
     def submit_trainings(self, arms: list, seeds: Sequence[int] | None = None, after: bool = False) -> None:
         """The U-Net of each of ``arms`` (cyclic rounds excepted) for every seed of ``seeds`` (default: all):
         queued to the workers, or trained here. An arm and seed already submitted is not submitted again. Arms
-        that fine-tune another arm's model only with ``after`` (when the models they start from are done)."""
+        that fine-tune another arm's model only with ``after``, once the model they start from is done."""
         for seed in self.seeds if seeds is None else seeds:
             for arm in arms:
                 if (arm.trains and not arm.rounds and bool(arm.starts_from) == after
+                        and (not after or self.stage_name(f"train_{arm.starts_from}", seed) in self.hashes)
                         and (arm.name, seed) not in self.submitted):
                     self.submitted.add((arm.name, seed))
                     self.stage_train_arm(arm, seed)
@@ -233,10 +237,12 @@ class ArmStages:
                                    and all((d, s) in self.datasets for d in a.train_on)], [s])
 
     def finish_trainings(self, ready: list) -> None:
-        """Wait for the queued trainings, then the fine-tunings and cyclic rounds after the arms they start from."""
-        self.collect_trainings()
-        self.submit_trainings(ready, after=True)
-        self.collect_trainings()
+        """Wait for the queued trainings; queue each fine-tuning as soon as the model it starts from is done; then
+        the cyclic rounds after the arms they start from."""
+        def follow() -> None:
+            self.submit_trainings(ready, after=True)
+        follow()  # those whose model is done already: without workers, or in a continued run
+        self.collect_trainings(follow)
         for r in range(1, max((a.rounds for a in ready), default=0) + 1):
             for seed in self.seeds:
                 for arm in ready:
