@@ -11,6 +11,8 @@ best before it < 0.01). Arms that two runs share (the same reference, reused) ar
 same-scan pairs (RUN/agreement.json), its agreement over seeds and the paired difference to the reference follow.
 ``--pair A B`` adds the paired difference of arm A to arm B of each run (the same two-stage bootstrap over seeds x
 cases, computed from the arms' metrics.json): e.g. two variants of one method, neither of them the reference.
+``--per-seed [STRUCTURE ...]`` (default: the oesophagus and the cord, the structures learnt last) adds, per arm and
+seed, their test Dice and the training step at which their validation Dice first passed 0.3 (-: never).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> int:
     ap.add_argument("runs", nargs="+", help="RUN or RUN=LABEL")
     ap.add_argument("--oracle", default="oracle_ref", help="the arm whose gap to the reference is the one to close")
     ap.add_argument("--pair", nargs=2, metavar=("A", "B"), help="also print arm A - arm B, paired, for each run")
+    ap.add_argument("--per-seed", nargs="*", metavar="STRUCTURE",
+                    help="per arm and seed: test Dice and first step with validation Dice > 0.3")
     args = ap.parse_args()
     rows, seen = [], set()
     for spec in args.runs:
@@ -94,7 +98,41 @@ def main() -> int:
             pair(spec, *args.pair, structures)
     for spec in args.runs:
         agreement(spec)
+    if args.per_seed is not None:
+        for spec in args.runs:
+            per_seed_table(spec, args.per_seed or ["esophagus", "spinal_cord"])
     return 0
+
+
+def _seed_dir(path: Path, arm: str, k: int, seed: int) -> Path:
+    """Where an arm's seed lives in a run folder: arms/ARM/ for the first seed, arms/ARM/seedN/ for the others."""
+    return path / "arms" / arm / ("" if k == 0 else f"seed{seed}")
+
+
+def per_seed_table(spec: str, structures: list[str], threshold: float = 0.3) -> None:
+    """Per arm and seed: each structure's test Dice (mean over cases) and the first training step at which its
+    validation Dice passed ``threshold``, from the arm's metrics.json and train_log.jsonl."""
+    path = Path(spec.partition("=")[0])
+    data = json.loads((path / "seeds.json").read_text())
+    seeds = data["seeds"]
+    print(f"\n{path}: per seed, {' / '.join(structures)} test Dice (first step with validation > {threshold}; "
+          "-: never)\n")
+    print("| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---|" * len(seeds))
+    for arm in data["arms"]:
+        cells = []
+        for k, seed in enumerate(seeds):
+            d = _seed_dir(path, arm, k, seed)
+            if not (d / "metrics.json").exists():
+                cells.append("-")
+                continue
+            mean = json.loads((d / "metrics.json").read_text())["mean"]
+            log = d / "model" / "train_log.jsonl"
+            recs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+            dice = " / ".join(f"{mean[s]['dice']['mean']:.2f}" if s in mean else "-" for s in structures)
+            first = [next((str(r["step"]) for r in recs if r["val_dice"].get(s, 0.0) > threshold), "-")
+                     for s in structures]
+            cells.append(f"{dice} ({' / '.join(first)})")
+        print(f"| {arm} | " + " | ".join(cells) + " |")
 
 
 def pair(spec: str, a: str, b: str, structures: list[str]) -> None:
@@ -105,7 +143,7 @@ def pair(spec: str, a: str, b: str, structures: list[str]) -> None:
     seeds = json.loads((path / "seeds.json").read_text())["seeds"]
 
     def per_seed(arm: str) -> list[dict]:
-        files = [path / "arms" / arm / ("" if k == 0 else f"seed{s}") / "metrics.json" for k, s in enumerate(seeds)]
+        files = [_seed_dir(path, arm, k, s) / "metrics.json" for k, s in enumerate(seeds)]
         missing = [f for f in files if not f.exists()]
         if missing:
             sys.exit(f"{missing[0]}: not found; is {arm!r} an arm of {path} that finished every seed?")

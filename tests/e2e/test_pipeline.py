@@ -323,6 +323,12 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--pair",
                              "styleseg_ref", "reference"], capture_output=True, text=True, check=True).stdout
     assert "styleseg_ref - reference" in paired and cell in paired.split("paired difference styleseg_ref")[1]
+    # --per-seed: each arm's test Dice per seed, from its metrics.json (seed 4 in arms/ARM/seed4)
+    per = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--per-seed",
+                          "lung_left"], capture_output=True, text=True, check=True).stdout
+    m4 = json.loads((run / "arms" / "styleseg_ft_ref" / "seed4" / "metrics.json").read_text())["mean"]
+    row = next(r for r in per.split("per seed, lung_left")[1].splitlines() if r.startswith("| styleseg_ft_ref |"))
+    assert row.split(" | ")[2].startswith(f"{m4['lung_left']['dice']['mean']:.2f} (")
     # the same-scan agreement over both seeds, with each arm's paired difference to the reference
     agree = json.loads((run / "agreement.json").read_text())
     assert set(agree["per_seed"]["styleseg_ref"]) == {"3", "4"}
