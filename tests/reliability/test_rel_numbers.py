@@ -92,7 +92,7 @@ def test_train_seg_refuses_to_start_from_a_model_of_another_architecture(model_a
     cfg.write_text("[train_seg]\nbase_channels = 8\ndepth = 2\ncrop = 16\nbatch_size = 2\nepochs = 1\n")
     expect_error(["train-seg", str(root / "ds"), "--out", str(tmp_path / "m2"), "--config", str(cfg), "--no-val",
                   "--init-from", str(root / "m")], input="train-seg --init-from a model with 4 base channels, not 8",
-                 contains=[str(root / "m" / "model.json"), "architecture differ"], left="nothing", tmp=tmp_path)
+                 contains=[str(root / "m" / "model.json"), "differs in architecture"], left="nothing", tmp=tmp_path)
     assert not Path(tmp_path / "m2" / "model.json").exists()
 
 

@@ -137,11 +137,11 @@ def test_fine_tuning_refuses_a_model_it_cannot_start_from(tmp_path, toy_dataset,
     import shutil
 
     cfg = dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=1)
-    with pytest.raises(InputError, match="architecture differ") as e:
+    with pytest.raises(InputError, match="differs in architecture") as e:
         train_segmentation([toy_dataset], tmp_path / "a", dataclasses.replace(cfg, base_channels=8), val_cases=[],
                            progress=False, init_from=toy_model)
     assert "model.json" in str(e.value) and not (tmp_path / "a" / "model.json").exists()
-    with pytest.raises(InputError, match="its architecture, position"):
+    with pytest.raises(InputError, match="differs in architecture, position"):
         train_segmentation([toy_dataset], tmp_path / "b", dataclasses.replace(cfg, position=True), val_cases=[],
                            progress=False, init_from=toy_model)
     unfinished = tmp_path / "unfinished"

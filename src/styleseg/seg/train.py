@@ -157,7 +157,7 @@ def _check_init(folder: Path, init: dict[str, Any], meta: dict[str, Any]) -> Non
     keys = ["architecture", "labels", *InputSpec().to_model_json(), "position_smooth_px"]
     diff = [k for k in keys if init.get(k) != meta.get(k)]
     if diff:
-        raise InputError(Path(folder) / "model.json", f"cannot start from this model: its {', '.join(diff)} differ "
+        raise InputError(Path(folder) / "model.json", f"cannot start from this model: it differs in {', '.join(diff)} "
                          "from the U-Net being trained", "start from a model trained with the same labels and "
                          "[train_seg] windows, context, position, base_channels and depth")
 
