@@ -357,12 +357,12 @@ def train_segmentation(datasets: Sequence[Path], out: Path, cfg: SegTrainConfig,
     if resume and not (out / "checkpoint.pt").exists():
         raise InputError(out / "checkpoint.pt", "nothing to resume: no checkpoint", "start without --resume")
     init_meta, init_sd = _init_weights(init_from) if init_from is not None else ({}, None)
-    init = [f"init:{init_meta['config_hash']}:{state_hash(init_sd)}"] if init_sd is not None else []
+    init = [f"init:{init_meta.get('config_hash')}:{state_hash(init_sd)}"] if init_sd is not None else []
     s, chash = _setup(datasets, out, cfg, val_cases, extra_transform, rank, world, distributed, init)
     if init_from is not None and init_sd is not None:
         _check_init(Path(init_from), init_meta, s.meta)
         s.model.load_state_dict(init_sd)
-        s.meta["init_from"] = {"model": str(init_from), "config_hash": init_meta["config_hash"]}
+        s.meta["init_from"] = {"model": str(init_from), "config_hash": init_meta.get("config_hash")}
     import torch
 
     run = TrainingRun(out, chash, rank=rank, progress=progress,
