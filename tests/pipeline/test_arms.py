@@ -19,3 +19,20 @@ def test_a_fine_tuning_arm_trains_a_share_of_the_budget_at_a_share_of_the_rate()
     for bad in ({"budget": 0.0}, {"budget": 1.5}, {"lr_scale": 0.0}, {"starts_from": "x"}):
         with pytest.raises(ValueError, match="starts_from"):
             Arm("x", "x", **{"starts_from": "reference", **bad})
+
+
+def test_the_job_trains_a_fine_tuning_after_its_start_model_and_skips_it_with_that_model():
+    """Job.job_arms on an arm list whose fine-tuning comes first: it is moved after the models it may start from;
+    with its start arm skipped (the oracle is benchmark-only), it is skipped too, saying why."""
+    from types import SimpleNamespace
+
+    from styleseg.pipeline.job import Job
+
+    job = SimpleNamespace(cfg=SimpleNamespace(arms=("styleseg_ft_ref", "reference", "styleseg_ref")), skipped_arms={})
+    assert [a.name for a in Job.job_arms(job)] == ["reference", "styleseg_ref", "styleseg_ft_ref"]
+    oracle_ft = Arm("oracle_ft", "x", starts_from="oracle_ref")
+    job = SimpleNamespace(cfg=SimpleNamespace(arms=("oracle_ref", "oracle_ft", "reference")), skipped_arms={})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ARMS, "oracle_ft", oracle_ft)
+        assert [a.name for a in Job.job_arms(job)] == ["reference"]
+    assert "oracle_ref" in job.skipped_arms["oracle_ft"]
