@@ -36,3 +36,21 @@ def test_the_job_trains_a_fine_tuning_after_its_start_model_and_skips_it_with_th
         mp.setitem(ARMS, "oracle_ft", oracle_ft)
         assert [a.name for a in Job.job_arms(job)] == ["reference"]
     assert "oracle_ref" in job.skipped_arms["oracle_ft"]
+
+
+def test_the_demo_compares_styleseg_and_the_oracle_as_the_same_fine_tuning_of_the_reference():
+    """The demo's arms exist, each fine-tuning starts from an arm the demo trains, and the oracle fine-tuning differs
+    from styleseg's only in its data and role: so the demo's styleseg-vs-oracle comparison is one of data."""
+    import dataclasses
+
+    from styleseg.pipeline.config import DEMO_ARMS, demo_config
+
+    cfg = demo_config()
+    assert cfg.arms == DEMO_ARMS and {"baseline", "reference"} <= set(cfg.arms)
+    for name in cfg.arms:
+        assert ARMS[name].starts_from in (None, *cfg.arms)
+    ft, oracle = ARMS["styleseg_ft_ref"], ARMS["oracle_ft_ref"]
+    assert oracle.role == "oracle" and oracle.train_on == ("oracle",) and oracle.starts_from == "reference"
+    same = ("name", "title", "train_on", "role")
+    assert {f.name: getattr(ft, f.name) for f in dataclasses.fields(Arm) if f.name not in same} == \
+        {f.name: getattr(oracle, f.name) for f in dataclasses.fields(Arm) if f.name not in same}

@@ -178,8 +178,8 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Run folder."),
         preset: str = typer.Option("quick", help="quick (2 CPU cores, <= 10 min) or paper (GPU)."),
-        arms: str = typer.Option("", help="Comma-separated arms (default: baseline, reference, styleseg_ref, "
-                                 "oracle_ref; examples/phantom.toml runs every arm)."),
+        arms: str = typer.Option("", help="Comma-separated arms (default: baseline, reference, styleseg_ft_ref, "
+                                 "oracle_ft_ref; examples/phantom.toml runs every arm)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and config, run nothing."),
     ) -> None:
         """Build the built-in phantom benchmark and run the whole experiment on it.

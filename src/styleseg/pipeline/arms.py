@@ -179,4 +179,6 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         train_on=("physics",), **REFERENCE),
     Arm("oracle_ref", "oracle (true target texture) on the reference recipe", train_on=("oracle",), role="oracle",
         **REFERENCE),
+    Arm("oracle_ft_ref", "oracle (true target texture) fine-tuning the reference's U-Net, as styleseg_ft_ref",
+        train_on=("oracle",), role="oracle", starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
 )}

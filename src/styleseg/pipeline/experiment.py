@@ -89,8 +89,8 @@ class Experiment(ArmStages):
 
         arms = self.cfg.arms
         ref_recipe = self.cfg.reference_arm != "baseline"  # the gap is measured against the oracle of the same recipe
-        oracle = next((a for a in (("oracle_ref", "oracle") if ref_recipe else ("oracle", "oracle_ref")) if a in arms),
-                      None)
+        order = ("oracle_ref", "oracle_ft_ref", "oracle") if ref_recipe else ("oracle", "oracle_ref", "oracle_ft_ref")
+        oracle = next((a for a in order if a in arms), None)
         RunInfo(title=self.cfg.name, preset=self.cfg.preset, seeds=list(self.seeds),
                 arms=[ArmInfo(a, ARMS[a].title, ARMS[a].role) for a in arms], baseline=self.cfg.reference_arm,
                 oracle=oracle,
