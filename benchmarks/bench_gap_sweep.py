@@ -18,7 +18,8 @@ reference recipe (position channels + nnU-Net intensity augmentation):
 Where the oracle beats its control by a resolved margin (paired bootstrap over test cases), a texture gap exists
 that augmentation could close. Each level is written as a run folder (``OUT/<level>/``, the run-folder
 contract of ``styleseg report``) with its report; ``OUT/sweep.json`` and ``OUT/sweep.png`` hold the table and
-the figure of Dice per structure against the shift. Trainings run ``--jobs`` at a time, one thread each.
+the figure of Dice per structure against the shift. Trainings and the levels' evaluations run ``--jobs`` at a
+time, one thread each.
 
     .venv/bin/python benchmarks/bench_gap_sweep.py --out runs/gap-sweep --jobs 2 --epochs 20
 
@@ -127,11 +128,15 @@ ARM_INFO = {
 
 
 def evaluate_level(ldir: Path, target: Path, models: dict[str, Path], design: str) -> None:
-    """Predict and evaluate each model on the level's target; write the run folder and its report."""
+    """Predict and evaluate each model on the level's target; write the run folder and its report (a process of
+    its own, one thread)."""
+    import torch
+
     from styleseg.eval.evaluate import evaluate
     from styleseg.eval.report import ArmInfo, RunInfo, write_report
     from styleseg.seg.segment import segment
 
+    torch.set_num_threads(1)
     arms = ARM_INFO[design]
     for arm, _, _, versus in arms:
         pred = ldir / "arms" / arm / "pred"
@@ -264,10 +269,11 @@ def main() -> None:
                                 init) for lv in levels]
         for f in futures:
             f.result()
-    for lv in levels:
-        target, _ = level_data(a.out, src, tgt, *lv, a.seed)
-        evaluate_level(a.out / level_name(*lv), target,
-                       {"reference": ref, "reference_ft": ref_ft, "oracle_ref": oracle[lv]}, a.oracle)
+        futures = [pool.submit(evaluate_level, a.out / level_name(*lv), level_data(a.out, src, tgt, *lv, a.seed)[0],
+                               {"reference": ref, "reference_ft": ref_ft, "oracle_ref": oracle[lv]}, a.oracle)
+                   for lv in levels]
+        for f in futures:
+            f.result()
     result = summarise(a.out, levels, a.oracle, test)
     figure(a.out, result)
     control = result["control"]
