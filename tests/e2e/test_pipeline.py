@@ -267,7 +267,7 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     means over seeds x cases and paired differences to the reference, cyclic rounds recorded, physics
     randomisation with random protocols, and the report's seeds section."""
     arms = ("baseline", "reference", "styleseg_ref", "consistency_ref", "cyclic_ref", "physics_ref", "oracle_ref",
-            "styleseg_ft_ref")
+            "styleseg_ft_ref", "cyclic_ft_ref")
     text = TOY.replace('arms = {arms}', 'arms = {arms}\nseeds = [3, 4]\njobs = 2')
     text = text.replace("batch_size = 2", "batch_size = 4")
     cfg = load_experiment(_toml(tmp_path, arms, text))
@@ -306,6 +306,14 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     assert rnd["kept"] >= 1 and rnd["from_model"] == "arms/styleseg_ref/model"
     assert json.loads((run / "arms" / "cyclic_ref" / "round2" / "round.json").read_text())["from_model"] == \
         "arms/cyclic_ref/round1/model"
+    # the fine-tuning form of the cyclic rounds: the reference pseudo-labels first, and every round fine-tunes it
+    cft = run / "arms" / "cyclic_ft_ref" / "seed4"
+    assert json.loads((cft / "round1" / "round.json").read_text())["from_model"] == "arms/reference/seed4/model"
+    assert json.loads((cft / "round2" / "round.json").read_text())["from_model"] == \
+        "arms/cyclic_ft_ref/seed4/round1/model"
+    for model in (cft / "round1" / "model", cft / "model"):
+        assert json.loads((model / "model.json").read_text())["init_from"]["model"] == \
+            str(run / "arms" / "reference" / "seed4" / "model")
     protocols = json.loads((run / "data" / "physics" / "dataset.json").read_text())["styleseg"]["meta"]["physics"][
         "protocols"]
     assert len(protocols) == 3 * 4 and len(set(protocols)) > 1

@@ -180,9 +180,10 @@ class ArmStages:
 
     def stage_cyclic_round(self, arm: Arm, seed: int, r: int) -> None:
         """Round ``r`` of the paper's cyclic training (its future work): the previous round's model (round 1:
-        the ``rounds_from`` arm's) pseudo-labels the target's style pool, and the arm retrains from scratch on its
-        training data plus the confident pseudo-labelled slices. Each round's model, pseudo-labels and record
-        are kept; the last round's model is the arm's."""
+        the ``rounds_from`` arm's) pseudo-labels the target's style pool, and the arm retrains on its training data
+        plus the confident pseudo-labelled slices: from scratch, or (an arm with ``starts_from``) as a fine-tuning
+        of that arm's model, each round with the same budget. Each round's model, pseudo-labels and record are
+        kept; the last round's model is the arm's."""
         assert arm.rounds_from is not None
         base = self.arm_dir(arm.name, seed)
         prev_stage = self.stage_name(f"train_{arm.rounds_from}" if r == 1 else f"train_{arm.name}_r{r - 1}", seed)

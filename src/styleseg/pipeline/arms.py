@@ -36,8 +36,8 @@ class Arm:
     test_time: str | None = None
     role: str = ""
     #: cyclic training (the paper's future work): this many rounds of pseudo-labelling the target's style pool
-    #: with the previous round's model and retraining on the training data plus the confident pseudo-labels,
-    #: starting from the model of ``reuses_rounds_from``
+    #: with the previous round's model (the first round: ``rounds_from``'s) and retraining on the training data
+    #: plus the confident pseudo-labels; with ``starts_from``, each round fine-tunes that arm's model
     rounds: int = 0
     rounds_from: str | None = None
     #: fine-tuning: the U-Net starts from the weights of this arm's model (same seed, trained first) and trains
@@ -175,6 +175,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
     Arm("styleseg_ft_ref", "styleseg fine-tuning the reference's U-Net (a third of the budget, a third of the rate)",
         train_on=("aug_separate",), starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
+    Arm("cyclic_ft_ref", "cyclic pseudo-labels of the target (2 rounds, the first from the reference), each round "
+        "fine-tuning the reference's U-Net on styleseg's data", train_on=("aug_separate",), rounds=2,
+        rounds_from="reference", starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
     Arm("physics_ref", "physics randomisation: source re-imaged at random doses and kernels, on the reference",
         train_on=("physics",), **REFERENCE),
     Arm("oracle_ref", "oracle (true target texture) on the reference recipe", train_on=("oracle",), role="oracle",
