@@ -11,6 +11,11 @@ best before it < 0.01). Arms that two runs share (the same reference, reused) ar
 same-scan pairs (RUN/agreement.json), its agreement over seeds and the paired difference to the reference follow.
 ``--pair A B`` adds the paired difference of arm A to arm B of each run (the same two-stage bootstrap over seeds x
 cases, computed from the arms' metrics.json): e.g. two variants of one method, neither of them the reference.
+``--gap ORACLE CONTROL`` measures the gap against another arm than the reference (the fine-tuning design:
+``--gap oracle_ft_ref reference_ft``): the paired gap ORACLE - CONTROL and, for every other arm, its paired
+difference to CONTROL and the share of the gap it closes where the gap is resolved and positive. ``--cases TEXT``
+restricts ``--pair`` and ``--gap`` to the test cases whose id contains TEXT: one protocol of a target re-imaged with
+several (``--cases dose0.05-sharp``).
 ``--per-seed [STRUCTURE ...]`` (default: the oesophagus and the cord, the structures learnt last) adds, per arm and
 seed, their test Dice and the training step at which their validation Dice first passed 0.3 (-: never).
 """
@@ -50,6 +55,9 @@ def main() -> int:
     ap.add_argument("runs", nargs="+", help="RUN or RUN=LABEL")
     ap.add_argument("--oracle", default="oracle_ref", help="the arm whose gap to the reference is the one to close")
     ap.add_argument("--pair", nargs=2, metavar=("A", "B"), help="also print arm A - arm B, paired, for each run")
+    ap.add_argument("--gap", nargs=2, metavar=("ORACLE", "CONTROL"),
+                    help="the share of the gap ORACLE - CONTROL each other arm closes, paired, for each run")
+    ap.add_argument("--cases", metavar="TEXT", help="--pair and --gap over the cases whose id contains TEXT only")
     ap.add_argument("--per-seed", nargs="*", metavar="STRUCTURE",
                     help="per arm and seed: test Dice and first step with validation Dice > 0.3")
     args = ap.parse_args()
@@ -95,7 +103,10 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.pair:
         for spec in args.runs:
-            pair(spec, *args.pair, structures)
+            pair(spec, *args.pair, structures, args.cases)
+    if args.gap:
+        for spec in args.runs:
+            gap(spec, *args.gap, structures, args.cases)
     for spec in args.runs:
         agreement(spec)
     if args.per_seed is not None:
@@ -135,22 +146,63 @@ def per_seed_table(spec: str, structures: list[str], threshold: float = 0.3) -> 
         print(f"| {arm} | " + " | ".join(cells) + " |")
 
 
-def pair(spec: str, a: str, b: str, structures: list[str]) -> None:
+def _arm_metrics(path: Path, arm: str, required: bool = True, cases: str | None = None) -> list[dict] | None:
+    """An arm's metrics.json of every seed of the run, in the order of its seeds (None where a seed has none and
+    the arm is not ``required``); with ``cases``, only the test cases whose id contains it."""
+    seeds = json.loads((path / "seeds.json").read_text())["seeds"]
+    files = [_seed_dir(path, arm, k, s) / "metrics.json" for k, s in enumerate(seeds)]
+    missing = [f for f in files if not f.exists()]
+    if missing and not required:
+        return None
+    if missing:
+        sys.exit(f"{missing[0]}: not found; is {arm!r} an arm of {path} that finished every seed?")
+    runs = [json.loads(f.read_text()) for f in files]
+    if cases is not None:
+        runs = [dict(m, cases=[c for c in m["cases"] if cases in c],
+                     per_case=[c for c in m["per_case"] if cases in c["case"]]) for m in runs]
+        if not any(m["cases"] for m in runs):
+            sys.exit(f"{path}: no test case of {arm!r} has {cases!r} in its id")
+    return runs
+
+
+def gap(spec: str, oracle: str, control: str, structures: list[str], cases: str | None = None) -> None:
+    """The gap oracle - control and, per other arm, arm - control and the share of the gap it closes (paired,
+    over the run's seeds x cases), where the gap's CI excludes 0 and the gap is positive."""
+    from styleseg.eval.seeds import compare_seeds
+
+    path = Path(spec.partition("=")[0])
+    arms = json.loads((path / "seeds.json").read_text())["arms"]
+    ctrl = _arm_metrics(path, control, cases=cases)
+    g = compare_seeds(_arm_metrics(path, oracle, cases=cases), ctrl, structures)
+    where = f", cases *{cases}*" if cases else ""
+    print(f"\n{path}{where}: the gap {oracle} - {control} and the share of it each arm closes, (arm - {control}) / "
+          f"({oracle} - {control}) [95% CI over seeds x cases]; bold: resolved\n")
+    print(f"| arm - {control} | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
+    print(f"| {oracle} (the gap) | " + " | ".join(cell(g.get(s, {}).get("dice"), True) for s in structures) + " |")
+    for arm in arms:
+        if arm in (oracle, control):
+            continue
+        runs = _arm_metrics(path, arm, required=False, cases=cases)
+        if runs is None:
+            print(f"| {arm} | " + " | ".join("not finished" for _ in structures) + " |")
+            continue
+        d = compare_seeds(runs, ctrl, structures)
+        cells = []
+        for s in structures:
+            gs, ds = g.get(s, {}).get("dice"), d.get(s, {}).get("dice")
+            share = (f"{ds['mean_diff'] / gs['mean_diff']:+.0%} of " if gs and ds and gs["ci_low"] > 0 else "no gap; ")
+            cells.append(share + cell(ds, True))
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+
+
+def pair(spec: str, a: str, b: str, structures: list[str], cases: str | None = None) -> None:
     """Arm a minus arm b over the run's seeds x cases, as the run's difference to its reference is computed."""
     from styleseg.eval.seeds import compare_seeds
 
     path = Path(spec.partition("=")[0])
-    seeds = json.loads((path / "seeds.json").read_text())["seeds"]
-
-    def per_seed(arm: str) -> list[dict]:
-        files = [_seed_dir(path, arm, k, s) / "metrics.json" for k, s in enumerate(seeds)]
-        missing = [f for f in files if not f.exists()]
-        if missing:
-            sys.exit(f"{missing[0]}: not found; is {arm!r} an arm of {path} that finished every seed?")
-        return [json.loads(f.read_text()) for f in files]
-
-    diff = compare_seeds(per_seed(a), per_seed(b), structures)
-    print(f"\n{path}: paired difference {a} - {b} [95% CI over seeds x cases]; bold: resolved\n")
+    diff = compare_seeds(_arm_metrics(path, a, cases=cases), _arm_metrics(path, b, cases=cases), structures)
+    where = f", cases *{cases}*" if cases else ""
+    print(f"\n{path}{where}: paired difference {a} - {b} [95% CI over seeds x cases]; bold: resolved\n")
     print(f"| {a} - {b} | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
     print(f"| {path.name} | " + " | ".join(cell(diff.get(s, {}).get("dice"), True) for s in structures) + " |")
 

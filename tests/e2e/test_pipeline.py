@@ -331,6 +331,38 @@ def test_seeds_and_the_arms_beyond_the_paper(tmp_path: Path) -> None:
     paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--pair",
                              "styleseg_ref", "reference"], capture_output=True, text=True, check=True).stdout
     assert "styleseg_ref - reference" in paired and cell in paired.split("paired difference styleseg_ref")[1]
+    # --gap: the gap oracle - control, each other arm's paired difference to the control and the share it closes
+    gapped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--gap",
+                             "oracle_ref", "reference"], capture_output=True, text=True, check=True).stdout
+    g = seeds["arms"]["oracle_ref"]["vs_reference"]["lung_left"]["dice"]
+
+    def cell_of(x: dict) -> str:
+        t = f"{x['mean_diff']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
+        return f"**{t}**" if x["resolved"] else t
+
+    table_rows = gapped.split("the gap oracle_ref - reference")[1].split("\n\n")[1].splitlines()
+    gap_rows = {r.split(" | ")[0][2:]: r.split(" | ")[1] for r in table_rows[2:]}
+    assert gap_rows["oracle_ref (the gap)"] == cell_of(g) and "reference" not in gap_rows
+    want = (f"{d['mean_diff'] / g['mean_diff']:+.0%} of " if g["ci_low"] > 0 else "no gap; ") + cell_of(d)
+    assert gap_rows["styleseg_ref"] == want
+    # --cases: --pair over the cases whose id holds the text only; here one case, so the mean over seeds of its
+    # per-seed difference
+    per = {arm: [json.loads((run / "arms" / arm / p / "metrics.json").read_text()) for p in ("", "seed4")]
+           for arm in ("styleseg_ref", "reference")}
+    one = per["reference"][0]["cases"][0]
+
+    def dice(m: dict) -> float:
+        return next(c for c in m["per_case"] if c["case"] == one)["metrics"]["lung_left"]["dice"]
+
+    mean = sum(dice(a) - dice(b) for a, b in zip(per["styleseg_ref"], per["reference"], strict=True)) / 2
+    only = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--pair",
+                           "styleseg_ref", "reference", "--cases", one], capture_output=True, text=True,
+                          check=True).stdout.split(f"cases *{one}*")[1]
+    assert next(r for r in only.splitlines() if r.startswith(f"| {run.name} |")).split(" | ")[1].lstrip("*") \
+        .startswith(f"{mean:+.3f} [")
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--pair",
+                          "styleseg_ref", "reference", "--cases", "no-such-case"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no test case of 'styleseg_ref' has 'no-such-case'" in bad.stderr
     # --per-seed: each arm's test Dice per seed, from its metrics.json (seed 4 in arms/ARM/seed4)
     per = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds_table.py"), str(run), "--per-seed",
                           "lung_left"], capture_output=True, text=True, check=True).stdout
