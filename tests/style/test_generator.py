@@ -228,3 +228,28 @@ def test_resuming_under_another_config_is_refused_not_silently_restarted(tiny_so
     with pytest.raises(CheckpointMismatch, match="another config"):
         train_generators(tiny_source, tiny_styles, tmp_path / "g", cfg.replace(lr=5e-4), resume=True, progress=False)
     assert train_generators(tiny_source, tiny_styles, tmp_path / "g", cfg, resume=True, progress=False)
+
+
+def test_training_warns_of_structures_a_style_slice_lacks(tmp_path, caplog):
+    """A structure of the source that a style slice's label map does not hold gets no style texture: training says
+    which, per style slice (absent_structures by hand: the heart, value 3, is in the source and style 0 only)."""
+    import logging
+
+    from styleseg.labels import LabelSchema
+    from styleseg.style.train import GeneratorConfig, absent_structures, fit_generators
+
+    lab = np.zeros((64, 64), np.uint8)
+    lab[4:60, 4:60] = 6
+    lab[20:40, 20:40] = 3
+    no_heart = np.where(lab == 3, 6, lab).astype(np.uint8)
+    schema = LabelSchema.default()
+    assert absent_structures(lab[None], [lab, no_heart], schema) == [[], ["heart"]]
+    assert absent_structures(no_heart[None], [no_heart], schema) == [[]]  # not in the source: nothing to warn of
+    hu = np.where(lab == 3, 50.0, np.where(lab > 0, 20.0, -1000.0)).astype(np.float32)
+    recs = [{"index": k, "case_id": f"t{k + 1}", "slice": 7 + 2 * k, "tags": {}} for k in (0, 1)]
+    cfg = GeneratorConfig.from_flat(crop=32, steps=1, batch=1, base=4, n_res=1, log_every=1)
+    with caplog.at_level(logging.WARNING, logger="styleseg.style.train"):
+        fit_generators(hu[None].astype(np.int16), lab[None], [hu, np.where(lab == 3, 20.0, hu)], [lab, no_heart],
+                       recs, tmp_path / "g", cfg, schema, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "holds no" in r.getMessage()]
+    assert warned == [warned[0]] and "style 1 (t2 slice 9) holds no heart" in warned[0]

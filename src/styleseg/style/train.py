@@ -365,6 +365,19 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
     return folders
 
 
+def absent_structures(labels: np.ndarray, style_labels: list[np.ndarray], schema) -> list[list[str]]:
+    """Per style slice, the structures of the schema that the source's label maps hold and that style slice's label
+    map does not. The segment-wise style loss has no texture to give such a structure (docs/style.md), so its
+    generator draws it from the content loss alone: on real CT that erased the heart for the U-Net
+    (BENCHMARKS.md, "Session 23")."""
+    present = set(np.unique(np.asarray(labels)).tolist())
+    out = []
+    for lab in style_labels:
+        here = set(np.unique(np.asarray(lab)).tolist())
+        out.append([n for n in schema.names if schema.value(n) in present and schema.value(n) not in here])
+    return out
+
+
 def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.ndarray], style_labels: list[np.ndarray],
                    records: list[dict[str, Any]], out: str | Path, cfg: GeneratorConfig, schema,
                    extra: dict[str, Any] | None = None, resume: bool = False, progress: bool = True) -> list[Path]:
@@ -375,6 +388,11 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     out = Path(out)
     a, o = cfg.arch, cfg.optim
     src = Source(np.asarray(images), np.asarray(labels))
+    for rec, names in zip(records, absent_structures(src.labels, style_labels, schema), strict=True):
+        if names:
+            log.warning("style %d (%s slice %s) holds no %s: its generator learns no texture there; pick style "
+                        "slices that hold every structure to restyle (pick-styles --slices CASE:SLICE,...)",
+                        rec["index"], rec.get("case_id", "?"), rec.get("slice", "?"), ", ".join(names))
     extra = dict(extra or {})
     device = choose_device(o.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
