@@ -236,7 +236,8 @@ def test_training_warns_of_structures_a_style_slice_lacks(tmp_path, caplog):
     import logging
 
     from styleseg.labels import LabelSchema
-    from styleseg.style.train import GeneratorConfig, absent_structures, fit_generators
+    from styleseg.style.targets import absent_structures
+    from styleseg.style.train import GeneratorConfig, fit_generators
 
     lab = np.zeros((64, 64), np.uint8)
     lab[4:60, 4:60] = 6

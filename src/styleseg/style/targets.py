@@ -128,3 +128,14 @@ def texture_init(hu: np.ndarray, label: np.ndarray, num_classes: int, kernel: in
     return filt.astype(np.float32), amps
 
 
+def absent_structures(labels: np.ndarray, style_labels: list[np.ndarray], schema) -> list[list[str]]:
+    """Per style slice, the structures of the schema that the source's label maps hold and that style slice's label
+    map does not. The segment-wise style loss has no texture to give such a structure (docs/style.md), so its
+    generator draws it from the content loss alone: on real CT that erased the heart for the U-Net
+    (BENCHMARKS.md, "Session 23")."""
+    present = set(np.unique(np.asarray(labels)).tolist())
+    out = []
+    for lab in style_labels:
+        here = set(np.unique(np.asarray(lab)).tolist())
+        out.append([n for n in schema.names if schema.value(n) in present and schema.value(n) not in here])
+    return out

@@ -43,7 +43,7 @@ from styleseg.io.atomic import check_output_folder
 from styleseg.style.data import Source, load_source, load_styles, sample_batch
 from styleseg.style.generator import SOURCE_LOWPASS, GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
-from styleseg.style.targets import compute_targets, nps_targets, texture_init
+from styleseg.style.targets import absent_structures, compute_targets, nps_targets, texture_init
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
 from styleseg.trainer import resolve_amp
 
@@ -363,19 +363,6 @@ def train_generators(source: str | Path, styles: str | Path, out: str | Path, cf
                              records, out, cfg, ds.schema, extra, resume, progress)
     log.info("trained %d generator(s) into %s", len(folders), out)
     return folders
-
-
-def absent_structures(labels: np.ndarray, style_labels: list[np.ndarray], schema) -> list[list[str]]:
-    """Per style slice, the structures of the schema that the source's label maps hold and that style slice's label
-    map does not. The segment-wise style loss has no texture to give such a structure (docs/style.md), so its
-    generator draws it from the content loss alone: on real CT that erased the heart for the U-Net
-    (BENCHMARKS.md, "Session 23")."""
-    present = set(np.unique(np.asarray(labels)).tolist())
-    out = []
-    for lab in style_labels:
-        here = set(np.unique(np.asarray(lab)).tolist())
-        out.append([n for n in schema.names if schema.value(n) in present and schema.value(n) not in here])
-    return out
 
 
 def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.ndarray], style_labels: list[np.ndarray],
