@@ -254,3 +254,63 @@ def test_training_warns_of_structures_a_style_slice_lacks(tmp_path, caplog):
                        recs, tmp_path / "g", cfg, schema, progress=False)
     warned = [r.getMessage() for r in caplog.records if "holds no" in r.getMessage()]
     assert warned == [warned[0]] and "style 1 (t2 slice 9) holds no heart" in warned[0]
+
+
+def test_fill_absent_borrows_a_similar_segment_and_the_source_mean():
+    """By hand: segments 0 bg, 1 lung (-800 HU in the source), 2 heart (60), 3 body (0), 4 bone (700). The style
+    slice holds lung, body and bone, no heart. The heart borrows the body's Gram (the largest segment within 200 HU
+    of its source mean; lung and bone are not) and gets the source's heart mean; a segment the source lacks too
+    stays absent."""
+    from styleseg.style.losses import StyleTargets
+    from styleseg.style.targets import fill_absent
+
+    src_lab = np.zeros((2, 8, 8), np.int64)
+    src_lab[:, 1:7, 1:7] = 3
+    src_lab[:, 2:4, 2:4] = 2
+    src_lab[:, 5:7, 5:7] = 1
+    src_lab[:, 1, 6] = 4
+    src_hu = np.select([src_lab == 1, src_lab == 2, src_lab == 3, src_lab == 4], [-800.0, 60.0, 0.0, 700.0], -1000.0)
+    style_lab = np.zeros((8, 8), np.int64)
+    style_lab[1:7, 1:7] = 3
+    style_lab[5:7, 5:7] = 1
+    style_lab[1, 1] = 4
+    present = torch.tensor([[True, True, False, True, True, False]])  # 6 segments: 5 never occurs
+    grams = {"relu1_1": torch.arange(6, dtype=torch.float32).reshape(1, 6, 1, 1).expand(1, 6, 2, 2).clone()}
+    means = torch.tensor([[-1000.0, -790.0, 0.0, 10.0, 650.0, 0.0]])
+    t, m, lent = fill_absent(StyleTargets(grams, present), means, [style_lab], src_hu, src_lab)
+    assert lent == [(0, 2, 3)]
+    assert t.present.tolist() == [[True, True, True, True, True, False]]
+    assert torch.equal(t.grams["relu1_1"][0, 2], torch.full((2, 2), 3.0))  # the body's Gram
+    assert m[0, 2].item() == pytest.approx(60.0) and m[0, 3].item() == 10.0  # the source's heart, the style's body
+    assert torch.equal(grams["relu1_1"][0, 2], torch.full((2, 2), 2.0))  # the inputs are not changed
+    # a dense segment absent with nothing within 200 HU borrows from the nearest in source mean (bone -> body)
+    t, m, lent = fill_absent(StyleTargets(grams, present & torch.tensor([[1, 1, 0, 1, 0, 1]], dtype=torch.bool)),
+                             means, [np.where(style_lab == 4, 3, style_lab)], src_hu, src_lab)
+    assert lent == [(0, 2, 3), (0, 4, 3)] and m[0, 4].item() == pytest.approx(700.0)
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_a_structure_the_style_slice_lacks_keeps_the_source_intensity(tmp_path, fill):
+    """The residual generator sets every segment's mean to its target: a heart that the style slice lacks was drawn
+    at 0 HU (the U-Net lost the heart on real CT). With fill_absent it keeps the source's heart mean (here 80 HU,
+    a contrast-enhanced heart); without, it is drawn at 0 HU, the behaviour this test would catch coming back."""
+    from styleseg.labels import LabelSchema
+    from styleseg.style.augment import generate_volume
+    from styleseg.style.generator import load_generator
+    from styleseg.style.train import GeneratorConfig, fit_generators
+
+    lab = np.zeros((64, 64), np.uint8)
+    lab[4:60, 4:60] = 6
+    lab[20:40, 20:40] = 3
+    hu = np.where(lab == 3, 80.0, np.where(lab > 0, 20.0, -1000.0)).astype(np.float32)
+    no_heart = np.where(lab == 3, 6, lab).astype(np.uint8)
+    cfg = GeneratorConfig.from_flat(crop=32, steps=1, batch=1, base=4, n_res=1, image_input=True, source_skip=True,
+                                    fill_absent=fill)
+    (folder,) = fit_generators(hu[None].astype(np.int16), lab[None], [np.where(lab == 3, 20.0, hu)], [no_heart],
+                               [{"index": 0, "case_id": "t", "slice": 0, "tags": {}}], tmp_path / "g", cfg,
+                               LabelSchema.default(), progress=False)
+    model, _ = load_generator(folder)
+    gen = generate_volume(model, lab[None], hu[None], 0, seed=0)[0].astype(np.float32)
+    heart = gen[lab == 3].mean()
+    assert heart == pytest.approx(80.0 if fill else 0.0, abs=3.0), heart
+    assert gen[lab == 6].mean() == pytest.approx(20.0, abs=3.0)

@@ -139,3 +139,57 @@ def absent_structures(labels: np.ndarray, style_labels: list[np.ndarray], schema
     present = values(labels)
     return [[n for n in schema.names if schema.value(n) in present - here]
             for here in map(values, style_labels)]
+
+
+#: an absent segment borrows the texture of a present one whose source mean HU lies within this distance
+BORROW_HU = 200.0
+
+
+def source_means(images: np.ndarray, labels: np.ndarray, num_classes: int, max_slices: int = 64) -> np.ndarray:
+    """Mean HU of every segment over the source slices (NaN where a segment never occurs); at most ``max_slices``
+    evenly spaced slices are read (a mean needs no more)."""
+    step = max(1, len(images) // max_slices)
+    lab = np.asarray(labels[::step]).ravel()
+    sums = np.bincount(lab, weights=np.asarray(images[::step], np.float64).ravel(), minlength=num_classes)
+    counts = np.bincount(lab, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts)[:num_classes]
+
+
+def fill_absent(targets: StyleTargets, means: torch.Tensor, style_labels: list[np.ndarray], images: np.ndarray,
+                labels: np.ndarray) -> tuple[StyleTargets, torch.Tensor, list[tuple[int, int, int]]]:
+    """Complete the targets of the segments that the source holds and a style slice does not.
+
+    Without a target such a segment would get no style texture (eq. 1 sums over segments present in both slices)
+    and the residual generator's intensity prior for it would be 0 HU: on real CT a contrast-enhanced heart became
+    a 0 HU blob in three styles of four, and a U-Net trained on them lost the heart (BENCHMARKS.md, "Session 24").
+    Here, per style slice ``s`` and absent segment ``k``:
+
+    - the mean HU target of ``k`` is the source's own mean of ``k`` (the style slice cannot say how bright a
+      structure it does not show is; the source's anatomy can);
+    - the Gram targets of ``k`` are borrowed from the segment ``j`` of the same style slice with the largest area
+      among those whose source mean lies within :data:`BORROW_HU` of ``k``'s (else the one nearest in source mean):
+      the same scanner noise and kernel on tissue of a similar density (heart -> body, one lung -> the other).
+
+    ``images``, ``labels``: the source slices (N, H, W). Returns the completed targets and means and the (style,
+    absent segment, lender) triples."""
+    present = targets.present.clone()
+    src_means = source_means(images, labels, present.shape[1])
+    grams = {n: g.clone() for n, g in targets.grams.items()}
+    means = means.clone()
+    borrowed: list[tuple[int, int, int]] = []
+    for s, lab in enumerate(style_labels):
+        area = np.bincount(np.asarray(lab).ravel(), minlength=present.shape[1])[:present.shape[1]]
+        have = [j for j in range(1, present.shape[1]) if bool(present[s, j]) and np.isfinite(src_means[j])]
+        for k in range(1, present.shape[1]):
+            if bool(present[s, k]) or not np.isfinite(src_means[k]) or not have:
+                continue
+            near = [j for j in have if abs(src_means[j] - src_means[k]) <= BORROW_HU]
+            j = (max(near, key=lambda i: (area[i], -i)) if near
+                 else min(have, key=lambda i: (abs(src_means[i] - src_means[k]), i)))
+            for g in grams.values():
+                g[s, k] = g[s, j]
+            means[s, k] = float(src_means[k])
+            present[s, k] = True
+            borrowed.append((s, k, j))
+    return StyleTargets(grams, present), means, borrowed

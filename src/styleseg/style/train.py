@@ -43,7 +43,7 @@ from styleseg.io.atomic import check_output_folder
 from styleseg.style.data import Source, load_source, load_styles, sample_batch
 from styleseg.style.generator import SOURCE_LOWPASS, GeneratorSpec, StyleGenerator, add_bone_segment, save_generator
 from styleseg.style.losses import GeneratorLoss, NpsTargets, StyleTargets, segment_masks
-from styleseg.style.targets import absent_structures, compute_targets, nps_targets, texture_init
+from styleseg.style.targets import absent_structures, compute_targets, fill_absent, nps_targets, texture_init
 from styleseg.style.vgg import LAYER_NAMES, VGG19Features, ct_to_vgg_input
 from styleseg.trainer import resolve_amp
 
@@ -108,6 +108,7 @@ class GeneratorLossConfig:
     style_weights: tuple[float, ...] = (1.0, 1.0)
     content_layers: tuple[str, ...] = ("relu2_1",)
     content_match_means: bool = True
+    fill_absent: bool = True  # segments a style slice lacks: borrowed texture, the source's mean (targets.fill_absent)
 
     def __post_init__(self) -> None:
         for n in (*self.style_layers, *self.content_layers):
@@ -377,9 +378,10 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     src = Source(np.asarray(images), np.asarray(labels))
     for rec, names in zip(records, absent_structures(src.labels, style_labels, schema), strict=True):
         if names:
-            log.warning("style %d (%s slice %s) holds no %s: its generator learns no texture there; pick style "
-                        "slices that hold every structure to restyle (pick-styles --slices CASE:SLICE,...)",
-                        rec["index"], rec.get("case_id", "?"), rec.get("slice", "?"), ", ".join(names))
+            log.warning("style %d (%s slice %s) holds no %s: its generator %s; style slices that hold every structure "
+                        "restyle them better", rec["index"], rec.get("case_id", "?"), rec.get("slice", "?"),
+                        ", ".join(names), "borrows texture and takes the source's mean there" if cfg.loss.fill_absent
+                        else "learns no texture there and draws it at 0 HU")
     extra = dict(extra or {})
     device = choose_device(o.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -392,6 +394,9 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     layers = tuple(dict.fromkeys((*cfg.loss.style_layers, *cfg.loss.content_layers)))
     vgg = VGG19Features(cfg.vgg_weights or None, layers=layers).to(device)
     targets, means = compute_targets(vgg, style_hu, style_labels, num_classes, cfg.loss.style_layers, device)
+    if cfg.loss.fill_absent:
+        targets, means, lent = fill_absent(targets, means, style_labels, src.images, src.labels)
+        extra["borrowed_textures"] = [{"style": records[s]["index"], "segment": k, "from": j} for s, k, j in lent]
     steps = max(1, int(round(o.epochs * len(src.images) / o.batch))) if o.epochs > 0 else o.steps
     uniform = (num_classes - 1,) if a.bone_source and num_classes > schema.num_classes else ()
     tex = [texture_init(h, lab, num_classes, a.noise_kernel, a.noise_init, uniform)
