@@ -290,3 +290,31 @@ def test_labels_from_a_2p5d_model_predict_each_style_slice_alone(synth: Path, tm
     model = _fake_predictor_module(monkeypatch, tmp_path, _ContextPredictor)
     pick_styles(synth, 2, tmp_path / "S", manual=[("smooth1", 2), ("sharp0", 0)], labels_from=model)
     assert _ThresholdPredictor.calls == [(1, SIZE, SIZE), (1, SIZE, SIZE)]
+
+
+@pytest.mark.parametrize("cover", [True, False])
+def test_selection_prefers_style_slices_that_hold_every_structure(tmp_path: Path, cover: bool) -> None:
+    """Two textures, two labelled cases each; only the last of a case's four slices holds the heart (the others are
+    labelled body there, same image). Texture clustering alone takes the medoid, which in most clusters has no
+    heart; with ``cover_structures`` each cluster's style slice is a member of that cluster holding the heart, its
+    label map attached and the reason in ``why``."""
+    target = tmp_path / "target"
+    with DatasetWriter(target, "covertarget", LabelSchema.default()) as w:
+        for g, kind in enumerate(("white", "sharp")):
+            for j in range(2):
+                hu, lab = _phantom(kind, 10 * g + j)
+                lab[:3][lab[:3] == 3] = 6
+                img = Volume(hu, (0.8, 0.8, 3.0))
+                w.add_case(f"{kind}{j}", img, img.with_array(lab), label_role="labelsRef", protocol=f"proto-{kind}")
+    cfg = replace(FAST, candidates_per_case=None, cover_structures=cover)
+    ss = pick_styles(target, 2, tmp_path / "styles", config=cfg)
+    assert sorted(s.case_id[:5] for s in ss.styles) == ["sharp", "white"]  # one style per texture
+    held = [bool((s.label_map == 3).sum() >= 20) for s in ss.styles]
+    if cover:
+        assert all(held) and all(s.slice == 3 for s in ss.styles)
+        assert all("holds no heart" in s.why for s in ss.styles if "the medoid" in s.why)
+        saved = StyleSet.load(tmp_path / "styles")
+        assert [s.slice for s in saved.styles] == [3, 3] and all(s.label_source == "dataset:labelsRef"
+                                                                  for s in saved.styles)
+    else:
+        assert not all(held)  # the medoids: the case this option exists for

