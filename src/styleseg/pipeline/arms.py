@@ -178,6 +178,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("cyclic_ft_ref", "cyclic pseudo-labels of the target (2 rounds, the first from the reference), each round "
         "fine-tuning the reference's U-Net on styleseg's data", train_on=("aug_separate",), rounds=2,
         rounds_from="reference", starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
+    Arm("consistency_ft_ref", "styleseg + paired consistency fine-tuning the reference's U-Net, as styleseg_ft_ref",
+        train_on=("aug_separate",), starts_from="reference", budget=1 / 3, lr_scale=1 / 3, transform=("intensity",),
+        seg_changes={"position": True, "consistency_weight": 1.0}),
+    Arm("physics_ft_ref", "physics randomisation fine-tuning the reference's U-Net, as styleseg_ft_ref",
+        train_on=("physics",), starts_from="reference", budget=1 / 3, lr_scale=1 / 3, **REFERENCE),
     Arm("physics_ref", "physics randomisation: source re-imaged at random doses and kernels, on the reference",
         train_on=("physics",), **REFERENCE),
     Arm("oracle_ref", "oracle (true target texture) on the reference recipe", train_on=("oracle",), role="oracle",
