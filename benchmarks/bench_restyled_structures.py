@@ -4,7 +4,9 @@ restyled slices of the augmented set as well as the source slices, per structure
     .venv/bin/python benchmarks/bench_restyled_structures.py RUN [--model reference] [--aug aug_separate]
 
 RUN: a run folder of ``styleseg run`` (e.g. ``make demo``'s) with ``arms/<model>/model`` and
-``data/<aug>`` (the augmented dataset: ``<case>`` source slices and ``<case>_sNN`` restyled by style NN).
+``data/<aug>`` (the augmented dataset: ``<case>`` source slices and ``<case>_sNN`` restyled by style NN; or
+``--aug oracle``: the source re-imaged with the target's true protocols, one column per protocol, what a restyled
+slice should be as hard as).
 For each structure and each style (``source``: the unrestyled slices), over every labelled slice:
 
 * **Dice** of the model's prediction against the label the slice was generated from (the model is one trained
@@ -57,7 +59,7 @@ def main() -> int:
     styles: set[str] = set()
     for rec in ds.labelled_cases(None):
         m = re.search(r"_s(\d+)$", rec.case_id)
-        style = f"style {int(m.group(1))}" if m else "source"
+        style = f"style {int(m.group(1))}" if m else str(rec.extras.get("protocol") or "source")
         styles.add(style)
         img = ds.load_image(rec.case_id)
         lab = ds.load_label(rec.case_id, img).array
