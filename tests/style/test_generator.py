@@ -314,3 +314,29 @@ def test_a_structure_the_style_slice_lacks_keeps_the_source_intensity(tmp_path, 
     heart = gen[lab == 3].mean()
     assert heart == pytest.approx(80.0 if fill else 0.0, abs=3.0), heart
     assert gen[lab == 6].mean() == pytest.approx(20.0, abs=3.0)
+
+
+@pytest.mark.parametrize("source_means", [False, True])
+def test_source_means_keep_every_segment_at_the_source_level(source_means):
+    """With source_skip each segment is moved to the style's mean (here body 100 HU, heart 150 HU); with source_means
+    it keeps the source slice's own (body 20, heart 80) and the style gives the texture only."""
+    from styleseg.style.generator import GeneratorSpec, StyleGenerator
+
+    spec = GeneratorSpec(num_classes=7, base=4, n_res=1, image_input=True, source_skip=True,
+                         source_means=source_means)
+    model = StyleGenerator(spec)
+    means = torch.zeros(1, 7)
+    means[0, 3], means[0, 6] = 150.0, 100.0
+    model.init_prior(means, torch.ones(1, 7, dtype=torch.bool))
+    lab = np.zeros((48, 48), np.int64)
+    lab[4:44, 4:44] = 6
+    lab[16:32, 16:32] = 3
+    hu = np.where(lab == 3, 80.0, np.where(lab > 0, 20.0, -1000.0)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(lab)[None], torch.zeros(1, dtype=torch.long), torch.randn(1, 1, 48, 48),
+                    torch.from_numpy(hu)[None, None])[0, 0].numpy()
+    want = {3: 80.0, 6: 20.0} if source_means else {3: 150.0, 6: 100.0}
+    for v, level in want.items():
+        assert out[lab == v].mean() == pytest.approx(level, abs=1.0)
+    with pytest.raises(ValueError, match="source_means needs source_skip"):
+        GeneratorSpec(num_classes=7, image_input=True, source_means=True)

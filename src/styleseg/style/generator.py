@@ -36,7 +36,8 @@ Output formulations (``GeneratorSpec.output``):
 
 ``source_skip`` (residual output with ``image_input``; beyond the paper): the source slice itself passes
 through, ``HU = S + (P[style, label] - mean_seg(S)) + r - mean_seg(r)``: every segment still gets exactly the
-style slice's mean, but the anatomy inside a segment that the label map does not draw (vessels, the
+style slice's mean (with ``source_means``: ``HU = S + r - mean_seg(r)``, the source's own mean, the style giving
+only the texture), but the anatomy inside a segment that the label map does not draw (vessels, the
 vertebra, the oesophageal lumen) is the source's instead of being redrawn, and the network learns only the
 change of texture. ``S`` is the source low-passed by a Gaussian of ``source_sigma`` pixels, so that the
 source's own noise texture does not pass through with it (the style's noise is added by the colouring filter).
@@ -88,12 +89,16 @@ class GeneratorSpec:
     # generator folders written before either existed have neither
     bone_low_hu: float = 0.0
     bone_source: bool = False
+    # with source_skip: every segment keeps the source slice's own mean instead of the style's (texture only)
+    source_means: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
             raise ValueError(f"output must be 'residual' or 'tanh', got {self.output!r}")
         if self.source_skip and not (self.image_input and self.output == "residual"):
             raise ValueError("source_skip needs image_input=True and the residual output")
+        if self.source_means and not self.source_skip:
+            raise ValueError("source_means needs source_skip")
         if self.source_sigma < 0:
             raise ValueError("source_sigma must be >= 0")
         if self.source_lowpass not in SOURCE_LOWPASS:
@@ -362,7 +367,11 @@ class StyleGenerator(nn.Module):
                     src = segment_blur(clamped[:, :, :h, :w], m, self.spec.source_sigma)
                 else:
                     src = gaussian_blur(clamped, self.spec.source_sigma)[:, :, :h, :w]
-                src_mean = (src * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
+                area = m.flatten(2).sum(2).clamp_min(1.0)
+                src_mean = (src * m).flatten(2).sum(2) / area
+                if self.spec.source_means:  # the source's own level in every segment: only the texture changes
+                    hu = r + torch.gather((clamped[:, :, :h, :w] * m).flatten(2).sum(2) / area, 1,
+                                          lab_c.flatten(1)).reshape(src.shape)
                 hu = hu + src - torch.gather(src_mean, 1, lab_c.flatten(1)).reshape(src.shape)
             if bone is not None:  # bone density is the patient's, not the scanner's: the source's level too
                 hu = torch.where(bone, gaussian_blur(clamped, BONE_SOURCE_SIGMA_PX)[:, :, :h, :w] + r, hu)

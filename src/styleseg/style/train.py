@@ -68,6 +68,7 @@ class GeneratorArch:
     source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
     # "segment": that low-pass within each segment of the label map, so outlines pass through sharp (generator.py)
     source_lowpass: str = new_option("gaussian")
+    source_means: bool = new_option(False)  # with source_skip: every segment keeps the source's mean, texture only
     bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
     # the bone segment also takes the body pixels >= bone_low_hu connected to it (cancellous bone), and with
     # bone_source its inside is the source's bone (low-passed, at the style's mean) with the style's noise
@@ -78,6 +79,8 @@ class GeneratorArch:
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
             raise ConfigError(f"[generators].output must be 'residual' or 'tanh', got {self.output!r}")
+        if self.source_means and not self.source_skip:
+            raise ConfigError("[generators].source_means = true needs source_skip = true (the slice passing through)")
         if self.source_skip and not (self.image_input and self.output == "residual"):
             raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
                               "passes through) and output = 'residual'")
@@ -231,7 +234,7 @@ def _build(job: _Job, cfg: GeneratorConfig, num_classes: int, schema) -> StyleGe
                          conditional=a.conditional, image_input=a.image_input, output=a.output,
                          noise_kernel=a.noise_kernel, bone_hu=a.bone_hu if body >= 0 else 0.0,
                          body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma,
-                         source_lowpass=a.source_lowpass,
+                         source_lowpass=a.source_lowpass, source_means=a.source_means,
                          bone_low_hu=a.bone_low_hu if body >= 0 else 0.0, bone_source=a.bone_source and body >= 0)
     seed_everything(cfg.optim.seed)
     model = StyleGenerator(spec)
@@ -322,7 +325,7 @@ class _Stepper:
         tsel = self.targets.select(style) if self.n_styles > 1 else self.targets
         msel = self.means[style] if self.n_styles > 1 else self.means
         content = src
-        if cfg.loss.content_match_means:  # content = the source's anatomy at the style's segment intensities
+        if cfg.loss.content_match_means and not self.model.spec.source_means:  # at the style's segment means
             area = masks.flatten(2).sum(2).clamp_min(1.0)
             shift = torch.where(tsel.present, msel - (src * masks).flatten(2).sum(2) / area, torch.zeros_like(area))
             content = src + (masks * shift[:, :, None, None]).sum(1, keepdim=True)
@@ -378,10 +381,9 @@ def fit_generators(images: np.ndarray, labels: np.ndarray, style_hu: list[np.nda
     src = Source(np.asarray(images), np.asarray(labels))
     for rec, names in zip(records, absent_structures(src.labels, style_labels, schema), strict=True):
         if names:
-            log.warning("style %d (%s slice %s) holds no %s: its generator %s; style slices that hold every structure "
-                        "restyle them better", rec["index"], rec.get("case_id", "?"), rec.get("slice", "?"),
-                        ", ".join(names), "borrows texture and takes the source's mean there" if cfg.loss.fill_absent
-                        else "learns no texture there and draws it at 0 HU")
+            log.warning("style %d (%s slice %s) holds no %s: its generator %s there", rec["index"], rec.get("case_id"),
+                        rec.get("slice"), ", ".join(names), "borrows texture and takes the source's mean"
+                        if cfg.loss.fill_absent else "learns no texture and draws 0 HU")
     extra = dict(extra or {})
     device = choose_device(o.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
