@@ -100,3 +100,26 @@ def test_own_threads_follow_the_busy_workers(monkeypatch: pytest.MonkeyPatch) ->
         assert torch.get_num_threads() == 8
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fine_tuning_is_queued_with_its_data_once_its_starting_model_is_done() -> None:
+    """submit_ready queues, for a seed whose data is built, the arms that train on it and the fine-tunings whose
+    starting model's stage is recorded (a continued run); a fine-tuning whose starting model is still training waits
+    (finish_trainings queues it), and no arm is queued twice."""
+    from styleseg.pipeline.arm_stages import ArmStages
+    from styleseg.pipeline.arms import ARMS
+
+    stages = ArmStages.__new__(ArmStages)
+    stages.pool, stages.seeds, stages.skipped_arms, stages.submitted = object(), (0, 1), {}, set()
+    stages.datasets = {("source", 0): "s", ("aug_separate", 0): "a", ("source", 1): "s", ("aug_separate", 1): "a"}
+    stages.hashes = {"train_reference": "h"}  # seed 0's reference is done, seed 1's is not
+    queued: list[tuple[str, int]] = []
+    stages.stage_train_arm = lambda arm, seed: queued.append((arm.name, seed))
+    stages.share_cpus = lambda: None
+    arms = [ARMS[a] for a in ("reference", "styleseg_ref", "styleseg_ft_ref", "cyclic_ft_ref")]
+    stages.submit_ready(arms, 0)
+    assert queued == [("reference", 0), ("styleseg_ref", 0), ("styleseg_ft_ref", 0)]  # cyclic rounds come later
+    stages.submit_ready(arms, 1)
+    assert queued[3:] == [("reference", 1), ("styleseg_ref", 1)]  # seed 1's reference not done: its ft waits
+    stages.submit_ready(arms, 0)
+    assert len(queued) == 5

@@ -230,12 +230,16 @@ class ArmStages:
         self.share_cpus()
 
     def submit_ready(self, arms: list, seed: int | None = None) -> None:
-        """With workers: queue the arms whose training data for ``seed`` (default: every seed) is built."""
+        """With workers: queue the arms whose training data for ``seed`` (default: every seed) is built, and the
+        fine-tunings among them whose starting model is done already (a continued run whose reference is finished
+        need not wait for every seed's data)."""
         if self.pool is None:
             return
         for s in self.seeds if seed is None else (seed,):
-            self.submit_trainings([a for a in arms if a.name not in self.skipped_arms
-                                   and all((d, s) in self.datasets for d in a.train_on)], [s])
+            ready = [a for a in arms if a.name not in self.skipped_arms and all((d, s) in self.datasets
+                                                                               for d in a.train_on)]
+            self.submit_trainings(ready, [s])
+            self.submit_trainings(ready, [s], after=True)
 
     def finish_trainings(self, ready: list) -> None:
         """Wait for the queued trainings; queue each fine-tuning as soon as the model it starts from is done; then
