@@ -125,12 +125,15 @@ def _open_target(target: Path, exclude_cases: Sequence[str]) -> tuple[Dataset, l
 def _labels_for(ds: Dataset, styles: list[StyleSlice], labels_from: Path | None) -> None:
     """Fill in label maps: from the dataset when it has them, else predicted by ``labels_from``."""
     todo: list[StyleSlice] = []
+    volumes: dict[str, Any] = {}  # each case's label volume read once, however many of its slices are asked for
     for s in styles:
         if s.label is not None:
             continue
         rec = ds.case(s.case_id)
         if rec.labels is not None:
-            lab = ds.load_label(s.case_id)
+            if s.case_id not in volumes:
+                volumes[s.case_id] = ds.load_label(s.case_id)
+            lab = volumes[s.case_id]
             if lab is not None and lab.shape[0] > s.slice:
                 s.label = s.image.with_array(np.asarray(lab.array[s.slice:s.slice + 1], np.uint8))
                 s.label_source = f"dataset:{rec.labels}"
@@ -270,27 +273,27 @@ def _cover_structures(ds: Dataset, cands: list[_Candidate], pts: np.ndarray, med
     the style slice. Returns the chosen indices and the labelled slices by (case, slice), a note in ``why`` where a
     member replaced the medoid."""
     probes: dict[int, StyleSlice] = {}
+    held: dict[int, frozenset[int]] = {}
 
     def probe(idx: list[int]) -> None:
         todo = [i for i in idx if i not in probes]
         sl = [StyleSlice(index=0, case_id=cands[i].case_id, slice=cands[i].slice, image=cands[i].image) for i in todo]
         _labels_for(ds, sl, labels_from)
         probes.update(zip(todo, sl, strict=True))
+        held.update((i, _held(p)) for i, p in zip(todo, sl, strict=True))
 
     every = frozenset(ds.schema.values)
     probe([int(m) for m in med])
+    lacking = [ci for ci, m in enumerate(med) if not held[int(m)] >= every]
+    probe([int(j) for ci in lacking for j in np.flatnonzero(labels == ci)])  # one batch for every such cluster
     chosen = med.copy()
-    for ci, m in enumerate(med):
-        if _held(probes[int(m)]) >= every:
-            continue
+    for ci in lacking:
+        m = int(med[ci])
         members = [int(j) for j in np.flatnonzero(labels == ci)]
-        probe(members)
-        dist = {j: float(np.linalg.norm(pts[j] - pts[m])) for j in members}
-        best = min(members, key=lambda j: (-len(_held(probes[j])), dist[j], j))
-        if len(_held(probes[best])) > len(_held(probes[int(m)])):
-            lacks = sorted(every - _held(probes[int(m)]))
-            names = ", ".join(ds.schema.name(v) for v in lacks)
-            probes[best].why = (f"; the medoid ({cands[int(m)].case_id} z={cands[int(m)].slice}) holds no {names}: "
+        best = min(members, key=lambda j: (-len(held[j]), float(np.linalg.norm(pts[j] - pts[m])), j))
+        if len(held[best]) > len(held[m]):
+            names = ", ".join(ds.schema.name(v) for v in sorted(every - held[m]))
+            probes[best].why = (f"; the medoid ({cands[m].case_id} z={cands[m].slice}) holds no {names}: "
                                 f"the member nearest it among those holding most structures")
             chosen[ci] = best
     return chosen, {(cands[i].case_id, cands[i].slice): p for i, p in probes.items() if i in set(chosen.tolist())}
