@@ -293,7 +293,7 @@ def _end_epoch(s: _Setup, st: dict[str, Any], run: Any) -> None:
     score = float(np.mean(scores)) if scores else float("nan")
     rec = {"epoch": st["epoch"] + 1, "step": st["global_step"], "loss": st["loss_sum"] / max(st["loss_n"], 1),
            "lr": s.sched.get_last_lr()[0], "val_dice": val, "val_mean_organs": score,
-           "time_s": round(st["epoch_time"], 2), "val_s": round(val_s, 2)}
+           "time_s": round(st["epoch_time"], 4), "val_s": round(val_s, 4)}
     if not s.val_set or (score == score and score > st["best_score"]):
         st.update(best_score=score if s.val_set else -1.0, best_epoch=st["epoch"] + 1, best_val=val, bad_epochs=0)
         if s.rank == 0:
