@@ -5,10 +5,11 @@
 RUN: a finished run folder of ``styleseg run`` with ``source_skip`` generators (e.g. ``examples/real-ct-dose005-
 seeds.toml``'s), ``arms/reference/model``, ``data/source``, ``styles`` and, if the run has an oracle arm,
 ``data/oracle``. Trains the run's generators for ``--seed`` twice into RUN/bench_means/ (``style``: every segment
-at the style slice's mean, the default; ``source``: ``source_means = true``, the source slice's own mean and the
-style's texture), restyles every source slice that holds ``--structure`` with each, and prints the reference
-U-Net's Dice per structure on them, beside the same slices unrestyled and re-imaged with the target's true
-protocols (the oracle): a restyled slice should be as hard as the real target texture, no harder. CPU, one thread.
+at the style slice's mean, ``source_means = false``; ``source``: the source slice's own mean and the style's
+texture, the default of ``source_skip`` generators), restyles every source slice that holds ``--structure`` with
+each, and prints the reference U-Net's Dice per structure on them, beside the same slices unrestyled and re-imaged
+with the target's true protocols (the oracle): a restyled slice should be as hard as the real target texture, no
+harder. CPU, one thread.
 """
 
 from __future__ import annotations

@@ -61,6 +61,26 @@ def test_a_new_option_at_its_default_keeps_old_hashes() -> None:
     assert to_dict(OuterV2())["extra_steps"] == 0 and to_dict(OuterV2())["inner"]["smooth"] is False
 
 
+@dataclass(frozen=True)
+class Smoothing:  # an option whose unset default follows another option
+    filtered: bool = False
+    sharp_edges: bool | None = new_option(None)
+
+    def resolved(self) -> Smoothing:
+        on = self.filtered if self.sharp_edges is None else self.sharp_edges
+        return Smoothing(self.filtered, True if on else None)
+
+
+def test_an_option_resolved_from_another_hashes_at_the_value_it_takes() -> None:
+    """``resolved()``: unset and set to the value it resolves to hash alike; set to its old behaviour (false), it
+    hashes as before the option existed; a changed resolution changes the hash."""
+    assert config_hash(Smoothing(True)) == config_hash(Smoothing(True, True))
+    assert config_hash(Smoothing(True, False)) == config_hash({"filtered": True})
+    assert config_hash(Smoothing(False)) == config_hash({"filtered": False}) == config_hash(Smoothing(False, False))
+    assert config_hash(Smoothing(True)) != config_hash(Smoothing(True, False))
+    assert hash_view({"nested": Smoothing(True)}) == {"nested": {"filtered": True, "sharp_edges": True}}
+
+
 def test_stage_configs_built_with_hash_view_keep_old_hashes() -> None:
     """Pipeline stages hash mappings such as {"seg": cfg, "arm": ...}: built with hash_view, a new option at
     its default leaves them alone; built with to_dict it would not (the pipeline must not do that)."""

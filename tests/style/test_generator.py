@@ -303,7 +303,8 @@ def test_fill_absent_borrows_a_similar_segment_and_the_source_mean():
 def test_a_structure_the_style_slice_lacks_keeps_the_source_intensity(tmp_path, fill):
     """The residual generator sets every segment's mean to its target: a heart that the style slice lacks was drawn
     at 0 HU (the U-Net lost the heart on real CT). With fill_absent it keeps the source's heart mean (here 80 HU,
-    a contrast-enhanced heart); without, it is drawn at 0 HU, the behaviour this test would catch coming back."""
+    a contrast-enhanced heart); without, it is drawn at 0 HU, the behaviour this test would catch coming back. Both
+    with the style slice's segment means (source_means = false): with the source's, every segment keeps its own."""
     from styleseg.labels import LabelSchema
     from styleseg.style.augment import generate_volume
     from styleseg.style.generator import load_generator
@@ -315,7 +316,7 @@ def test_a_structure_the_style_slice_lacks_keeps_the_source_intensity(tmp_path, 
     hu = np.where(lab == 3, 80.0, np.where(lab > 0, 20.0, -1000.0)).astype(np.float32)
     no_heart = np.where(lab == 3, 6, lab).astype(np.uint8)
     cfg = GeneratorConfig.from_flat(crop=32, steps=1, batch=1, base=4, n_res=1, image_input=True, source_skip=True,
-                                    fill_absent=fill)
+                                    source_means=False, fill_absent=fill)
     (folder,) = fit_generators(hu[None].astype(np.int16), lab[None], [np.where(lab == 3, 20.0, hu)], [no_heart],
                                [{"index": 0, "case_id": "t", "slice": 0, "tags": {}}], tmp_path / "g", cfg,
                                LabelSchema.default(), progress=False)
@@ -350,3 +351,25 @@ def test_source_means_keep_every_segment_at_the_source_level(source_means):
         assert out[lab == v].mean() == pytest.approx(level, abs=1.0)
     with pytest.raises(ValueError, match="source_means needs source_skip"):
         GeneratorSpec(num_classes=7, image_input=True, source_means=True)
+
+
+def test_source_skip_generators_keep_the_source_means_unless_told_otherwise(tiny_source, tiny_styles, tmp_path):
+    """source_means unset follows source_skip (the style slice's means drew hearts the target does not have,
+    BENCHMARKS.md "Session 24"); unset and true train the same generator (one hash), false the style's means with
+    the hash from before the option existed; the built spec carries the resolved value."""
+    from styleseg.config import config_hash, hash_view
+    from styleseg.errors import ConfigError
+
+    skip = {"image_input": True, "source_skip": True}
+    unset, true, false = (GeneratorConfig.from_flat(**skip, **kw) for kw in ({}, {"source_means": True},
+                                                                           {"source_means": False}))
+    assert unset.arch.keeps_source_means and true.arch.keeps_source_means and not false.arch.keeps_source_means
+    assert config_hash(unset) == config_hash(true) != config_hash(false)
+    assert "source_means" not in hash_view(false) and hash_view(unset)["source_means"] is True
+    assert not GeneratorConfig.from_flat(image_input=True).arch.keeps_source_means
+    assert config_hash(GeneratorConfig()) == config_hash(GeneratorConfig.from_flat(source_means=False))
+    assert GeneratorConfig().replace(**skip).arch.keeps_source_means  # a copy re-resolves: None survives to_dict
+    with pytest.raises(ConfigError, match="source_means = true needs source_skip"):
+        GeneratorConfig.from_flat(image_input=True, source_means=True)
+    folder = train_generators(tiny_source, tiny_styles, tmp_path, TINY.replace(**skip, steps=1), progress=False)[0]
+    assert load_generator(folder)[0].spec.source_means  # the trained generator, unset in its config

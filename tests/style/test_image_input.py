@@ -61,7 +61,7 @@ def test_source_skip_passes_the_source_anatomy_at_the_style_means(tmp_path):
     lab[4:44, 4:44] = 6
     lab[16:32, 16:32] = 3
     hu = np.where(lab == 6, 30.0, np.where(lab == 3, 60.0, -1000.0))
-    model = _skip_generator(tmp_path, hu, lab, source_skip=True)
+    model = _skip_generator(tmp_path, hu, lab, source_skip=True, source_means=False)
     assert model.spec.source_skip and model.spec.source_sigma == 1.0
     plain = _skip_generator(tmp_path / "plain", hu, lab)
     src = hu + rng.normal(0, 10, lab.shape) * (lab > 0)

@@ -79,7 +79,7 @@ def _build(job: _Job, cfg: GeneratorConfig, num_classes: int, schema) -> StyleGe
                          conditional=a.conditional, image_input=a.image_input, output=a.output,
                          noise_kernel=a.noise_kernel, bone_hu=a.bone_hu if body >= 0 else 0.0,
                          body_value=body, source_skip=a.source_skip, source_sigma=a.source_sigma,
-                         source_lowpass=a.source_lowpass, source_means=a.source_means,
+                         source_lowpass=a.source_lowpass, source_means=a.keeps_source_means,
                          bone_low_hu=a.bone_low_hu if body >= 0 else 0.0, bone_source=a.bone_source and body >= 0)
     seed_everything(cfg.optim.seed)
     model = StyleGenerator(spec)

@@ -33,13 +33,26 @@ class GeneratorArch:
     source_sigma: float = new_option(1.0)  # px: low-pass of the source that passes through
     # "segment": that low-pass within each segment of the label map, so outlines pass through sharp (generator.py)
     source_lowpass: str = new_option("gaussian")
-    source_means: bool = new_option(False)  # with source_skip: every segment keeps the source's mean, texture only
+    # with source_skip: every segment keeps the source's mean, the style gives the texture only. None (unset): on
+    # wherever source_skip is (keeps_source_means); false: the style slice's segment means
+    source_means: bool | None = new_option(None)
     bone_hu: float = 300.0  # beyond the paper: a "bone" segment derived from HU inside the body (0: off)
     # the bone segment also takes the body pixels >= bone_low_hu connected to it (cancellous bone), and with
     # bone_source its inside is the source's bone (low-passed, at the style's mean) with the style's noise
     bone_low_hu: float = 150.0
     bone_source: bool = True
     conditional: bool = False
+
+    @property
+    def keeps_source_means(self) -> bool:
+        """Whether every segment keeps the source slice's mean HU: ``source_means``, or where it is unset,
+        ``source_skip`` (the style slice's means drew structures the target does not have; docs/style.md)."""
+        return self.source_skip if self.source_means is None else self.source_means
+
+    def resolved(self) -> GeneratorArch:
+        """What the stage hash sees (config.hash_view): source_means at the value it takes, true or unset, so an
+        unset option and an explicit ``true`` hash alike, and ``false`` hashes as before the option existed."""
+        return dataclasses.replace(self, source_means=True if self.keeps_source_means else None)
 
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
