@@ -10,7 +10,8 @@ per arm whether every seed's training converged (best validation Dice of the las
 best before it < 0.01). Arms that two runs share (the same reference, reused) are printed once. Where a run has
 same-scan pairs (RUN/agreement.json), its agreement over seeds and the paired difference to the reference follow.
 ``--pair A B`` adds the paired difference of arm A to arm B of each run (the same two-stage bootstrap over seeds x
-cases, computed from the arms' metrics.json): e.g. two variants of one method, neither of them the reference.
+cases, computed from the arms' metrics.json): e.g. two variants of one method, neither of them the reference;
+``ARM@OTHER_RUN`` takes that arm from another run folder with the same seeds and test cases (a continued copy).
 ``--gap ORACLE CONTROL`` measures the gap against another arm than the reference (the fine-tuning design:
 ``--gap oracle_ft_ref reference_ft``): the paired gap ORACLE - CONTROL and, for every other arm, its paired
 difference to CONTROL and the share of the gap it closes where the gap is resolved and positive. ``--cases TEXT``
@@ -200,7 +201,12 @@ def pair(spec: str, a: str, b: str, structures: list[str], cases: str | None = N
     from styleseg.eval.seeds import compare_seeds
 
     path = Path(spec.partition("=")[0])
-    diff = compare_seeds(_arm_metrics(path, a, cases=cases), _arm_metrics(path, b, cases=cases), structures)
+
+    def metrics(arm: str) -> list:  # ARM@OTHER_RUN: that arm of another run folder with the same seeds and cases
+        name, _, other = arm.partition("@")
+        return _arm_metrics(Path(other) if other else path, name, cases=cases)
+
+    diff = compare_seeds(metrics(a), metrics(b), structures)
     where = f", cases *{cases}*" if cases else ""
     print(f"\n{path}{where}: paired difference {a} - {b} [95% CI over seeds x cases]; bold: resolved\n")
     print(f"| {a} - {b} | " + " | ".join(structures) + " |\n|---|" + "---|" * len(structures))
