@@ -66,13 +66,13 @@ class Smoothing:  # an option whose unset default follows another option
     filtered: bool = False
     sharp_edges: bool | None = new_option(None)
 
-    def resolved(self) -> Smoothing:
+    def hash_resolved(self) -> Smoothing:
         on = self.filtered if self.sharp_edges is None else self.sharp_edges
         return Smoothing(self.filtered, True if on else None)
 
 
 def test_an_option_resolved_from_another_hashes_at_the_value_it_takes() -> None:
-    """``resolved()``: unset and set to the value it resolves to hash alike; set to its old behaviour (false), it
+    """``hash_resolved()``: unset and set to the value it resolves to hash alike; set to its old behaviour (false), it
     hashes as before the option existed; a changed resolution changes the hash."""
     assert config_hash(Smoothing(True)) == config_hash(Smoothing(True, True))
     assert config_hash(Smoothing(True, False)) == config_hash({"filtered": True})

@@ -92,11 +92,11 @@ def hash_view(cfg: Any) -> Any:
     """:func:`to_dict`, minus :func:`new_option` fields at their default (nested dataclasses too): what a
     stage hashes. Build stage configs from this, not from :func:`to_dict` (which keeps every field). A
     dataclass with a ``hash_fields()`` method hashes what that returns (a config regrouped into sections
-    keeps the flat hash of its first version, so finished runs stay finished). A dataclass with a ``resolved()``
+    keeps the flat hash of its first version, so finished runs stay finished). A dataclass with a ``hash_resolved()``
     method hashes the dataclass it returns: an option whose default depends on other options is hashed at the
     value it takes, so leaving it unset and setting it to that value hash alike."""
-    if hasattr(cfg, "resolved") and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = cfg.resolved()
+    if hasattr(cfg, "hash_resolved") and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = cfg.hash_resolved()
     if hasattr(cfg, "hash_fields") and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {str(k): hash_view(v) for k, v in cfg.hash_fields().items()}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

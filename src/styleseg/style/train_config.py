@@ -49,7 +49,7 @@ class GeneratorArch:
         ``source_skip`` (the style slice's means drew structures the target does not have; docs/style.md)."""
         return self.source_skip if self.source_means is None else self.source_means
 
-    def resolved(self) -> GeneratorArch:
+    def hash_resolved(self) -> GeneratorArch:
         """What the stage hash sees (config.hash_view): source_means at the value it takes, true or unset, so an
         unset option and an explicit ``true`` hash alike, and ``false`` hashes as before the option existed."""
         return dataclasses.replace(self, source_means=True if self.keeps_source_means else None)
