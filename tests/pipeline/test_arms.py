@@ -38,6 +38,28 @@ def test_the_job_trains_a_fine_tuning_after_its_start_model_and_skips_it_with_th
     assert "oracle_ref" in job.skipped_arms["oracle_ft"]
 
 
+def test_the_job_labels_style_slices_with_the_strongest_source_only_arm_it_trains():
+    """Job.labeller with ``labeller = "auto"``: the reference recipe where it is an arm, else position, else the
+    baseline; a named labeller must be a source-only arm of the experiment."""
+    from types import SimpleNamespace
+
+    from styleseg.errors import ConfigError
+    from styleseg.pipeline.job import Job
+
+    def labeller(arms, name="auto"):
+        cfg = SimpleNamespace(arms=arms, seg_config=lambda: SimpleNamespace(position=True))
+        job = SimpleNamespace(cfg=cfg, job=SimpleNamespace(labeller=name), warned=False)
+        return Job.labeller(job).name
+
+    assert labeller(("baseline", "position", "reference", "styleseg_ft_ref")) == "reference"
+    assert labeller(("baseline", "position", "styleseg")) == "position"
+    assert labeller(("baseline", "styleseg")) == "baseline"
+    assert labeller(("baseline", "reference"), "baseline") == "baseline"
+    for bad in ("styleseg_ft_ref", "position"):
+        with pytest.raises(ConfigError, match="source-only arm"):
+            labeller(("reference", "styleseg_ft_ref"), bad)
+
+
 def test_the_demo_compares_styleseg_and_the_oracle_as_the_same_fine_tuning_of_the_reference():
     """The demo's arms exist, each fine-tuning starts from an arm the demo trains, and the oracle fine-tuning differs
     from styleseg's only in its data and role: so the demo's styleseg-vs-oracle comparison is one of data."""

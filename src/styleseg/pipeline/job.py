@@ -6,7 +6,7 @@ the job). The job's stages, in order (each skipped when done for the same config
 
     data            source and target imported (DICOM trees with many series, NIfTI, or both)
     reference       [data] reference labels, if given;   split: the style pool and the reference cases
-    train_<labeller>   the strongest source-only U-Net (position channels), trained first
+    train_<labeller>   the strongest source-only U-Net (the reference recipe where it is an arm), trained first
     pick_styles     n style slices of the pool, their label maps predicted by the labeller
     styles          the human step ([job] style_labels, pipeline/style_labels.py): pauses the run until the
                     corrected maps are there; then the style set at the training spacing (job_data.py)
@@ -45,6 +45,10 @@ log = logging.getLogger("styleseg.pipeline.job")
 
 #: exit status of `styleseg run` while the run waits for the human step
 PAUSED_EXIT = 3
+#: ``[job] labeller = "auto"``: the first of these that is an arm of the experiment, else ``baseline``. The
+#: reference recipe (position channels + intensity augmentation) first: the strongest source-only U-Net in every
+#: comparison of BENCHMARKS.md, so it draws the style label maps and, without references, segments the collection
+LABELLERS = ("reference", "position")
 
 
 class JobPaused(StylesegError):
@@ -144,8 +148,8 @@ class Job(Experiment):
     # -- styles and the human step --------------------------------------------------------------
     def labeller(self) -> Arm:
         """The source-only arm whose model labels the style slices (and, without references, segments)."""
-        name = self.job.labeller if self.job.labeller != "auto" else (
-            "position" if "position" in self.cfg.arms else "baseline")
+        name = self.job.labeller if self.job.labeller != "auto" else next(
+            (a for a in LABELLERS if a in self.cfg.arms), "baseline")
         if name not in self.cfg.arms or ARMS[name].train_on != ("source",) or not ARMS[name].trains:
             raise ConfigError(f"[job].labeller {name!r} must be a source-only arm of this experiment")
         if name == "baseline" and not self.cfg.seg_config().position and not self.warned:

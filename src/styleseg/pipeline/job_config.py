@@ -8,8 +8,9 @@ benchmark (every arm evaluated on a labelled target test set). On the job path:
   source-only model predicts them, ``run`` writes them for correction (NIfTI, DICOM SEG for DICOM inputs, a PNG
   overlay) and stops; a re-run reads the corrected files. ``"given"``: the user supplies them (the run stops and
   names the slices and the files to put). ``"predicted"``: the predictions are used as they are, no human step.
-- ``labeller``: the arm whose model predicts those label maps (``"auto"``: ``position`` if it is an arm, else
-  ``baseline``; with ``[train_seg] position = true`` the baseline has the position channels too).
+- ``labeller``: the arm whose model predicts those label maps (``"auto"``: ``reference`` if it is an arm, else
+  ``position``, else ``baseline``; with ``[train_seg] position = true`` the baseline has the position channels
+  too).
 - ``segment_with``: the arm whose model segments the collection (``"auto"``: the best mean Dice on the
   reference cases where references exist, else the labeller: the documented default, docs/job.md);
   ``compare_with``: a second model whose predictions enter QC as agreement (``"auto"``, ``"none"``, an arm).

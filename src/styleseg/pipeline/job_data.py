@@ -28,12 +28,14 @@ from styleseg.style.styleset import StyleSlice
 
 log = logging.getLogger("styleseg.pipeline.job")
 
-#: why the labeller (source-only, position channels) is the default model without references
+#: why the labeller (source-only, the reference recipe where it is an arm) is the default model without references
 DEFAULT_WHY = ("No reference labels, so no arm could be measured on this collection: the documented default, the "
-               "source-only U-Net (position channels when [train_seg] position = true or the position arm runs). "
-               "In BENCHMARKS.md (real-CT experiment) that model reached lungs 0.97 / 0.97, heart 0.78, cord 0.84-0.85 "
-               "Dice, an oracle trained on the target texture did no better, and styleseg on top of it lost the "
-               "oesophagus and cord; give [data] reference labels for a few cases to choose by measurement.")
+               "source-only labeller (the reference recipe where it is an arm: position channels + intensity "
+               "augmentation). In BENCHMARKS.md (real CT re-imaged at a twentieth of the dose, 3 seeds) that recipe "
+               "reached lungs 0.96, heart 0.80, oesophagus 0.58, cord 0.79 Dice; the oracle trained on the target "
+               "texture and styleseg fine-tuning the reference were level with it (no resolved difference), "
+               "physics randomisation fine-tuning it gained on the cord only (+0.027); give [data] reference labels "
+               "for a few cases to choose by measurement.")
 
 
 def import_reference(spec: str, out: Path) -> None:
