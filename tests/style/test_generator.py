@@ -373,3 +373,22 @@ def test_source_skip_generators_keep_the_source_means_unless_told_otherwise(tiny
         GeneratorConfig.from_flat(image_input=True, source_means=True)
     folder = train_generators(tiny_source, tiny_styles, tmp_path, TINY.replace(**skip, steps=1), progress=False)[0]
     assert load_generator(folder)[0].spec.source_means  # the trained generator, unset in its config
+
+
+def test_the_presets_build_the_recommended_generator_and_examples_can_ask_for_the_papers():
+    """Both presets read the source slice and pass it through low-passed within each segment, at the source's
+    means (README, "Which arm to use"); image_input = false with source_skip = false is the paper's label-map
+    generator, and its hash ignores source_lowpass, which acts only where the source passes through; asking for
+    the paper's generator by image_input alone says what else to set."""
+    from styleseg.config import config_hash, resolve
+    from styleseg.errors import ConfigError
+
+    for preset in ("quick", "paper"):
+        arch = GeneratorConfig.preset(preset).arch
+        assert (arch.image_input, arch.source_skip, arch.source_lowpass, arch.keeps_source_means) == (
+            True, True, "segment", True)
+    paper = resolve(GeneratorConfig, "quick", {"image_input": False, "source_skip": False})
+    assert not paper.arch.image_input and not paper.arch.keeps_source_means
+    assert config_hash(paper) == config_hash(GeneratorConfig())  # the dataclass defaults: the paper's generator
+    with pytest.raises(ConfigError, match="set image_input = false and source_skip = false"):
+        resolve(GeneratorConfig, "quick", {"image_input": False})

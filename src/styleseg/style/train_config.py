@@ -17,6 +17,13 @@ from styleseg.style.vgg import LAYER_NAMES
 
 # --- the sections -------------------------------------------------------------------------------------
 
+#: the presets' generator: the source slice is read and passes through low-passed within each segment of its label
+#: map, at each segment's own mean (source_means follows source_skip), so the style slice changes the texture and
+#: the anatomy a label map lacks (bone, vessels, airways) stays: the generator of every real-CT comparison in
+#: BENCHMARKS.md; the paper's label-map-only generator lost that anatomy on real CT (docs/style.md)
+RECOMMENDED_ARCH: dict[str, Any] = {"image_input": True, "source_skip": True, "source_lowpass": "segment"}
+
+
 @dataclass(frozen=True)
 class GeneratorArch:
     """What the generator is (:class:`styleseg.style.generator.GeneratorSpec` is built from it)."""
@@ -51,8 +58,10 @@ class GeneratorArch:
 
     def hash_resolved(self) -> GeneratorArch:
         """What the stage hash sees (config.hash_view): source_means at the value it takes, true or unset, so an
-        unset option and an explicit ``true`` hash alike, and ``false`` hashes as before the option existed."""
-        return dataclasses.replace(self, source_means=True if self.keeps_source_means else None)
+        unset option and an explicit ``true`` hash alike, and ``false`` hashes as before the option existed;
+        source_lowpass only where the source passes through (source_skip), the only place it acts."""
+        return dataclasses.replace(self, source_means=True if self.keeps_source_means else None,
+                                   source_lowpass=self.source_lowpass if self.source_skip else "gaussian")
 
     def __post_init__(self) -> None:
         if self.output not in ("residual", "tanh"):
@@ -61,7 +70,8 @@ class GeneratorArch:
             raise ConfigError("[generators].source_means = true needs source_skip = true (the slice passing through)")
         if self.source_skip and not (self.image_input and self.output == "residual"):
             raise ConfigError("[generators].source_skip = true needs image_input = true (the source slice is what "
-                              "passes through) and output = 'residual'")
+                              "passes through) and output = 'residual'; for the paper's label-map generator set "
+                              "image_input = false and source_skip = false")
         if self.source_lowpass not in SOURCE_LOWPASS:
             raise ConfigError(f"[generators].source_lowpass must be {' or '.join(map(repr, SOURCE_LOWPASS))}, "
                               f"got {self.source_lowpass!r}")
@@ -170,7 +180,9 @@ class GeneratorConfig:
 
     @classmethod
     def preset(cls, name: str) -> GeneratorConfig:
-        """"quick": minutes on 2 CPU cores (crops of 64, VGG layers up to relu2_1, a small net); "paper": the
+        """Both presets build the generator README's "Which arm to use" recommends (:data:`RECOMMENDED_ARCH`);
+        the paper's label-map-only generator is ``image_input = false, source_skip = false`` (the dataclass
+        defaults). "quick": minutes on 2 CPU cores (crops of 64, VGG layers up to relu2_1, a small net); "paper": the
         paper's setting on a GPU (its 512 x 512 slices at native spacing, 100 epochs, Gatys' layers, bf16),
         trained on 256-px crops of those slices in batches of 16: the same pixels per step as 4 whole slices,
         a quarter of the cost per slice visit (the texture lives at native spacing and Gram statistics are
@@ -178,8 +190,8 @@ class GeneratorConfig:
         trains on whole slices, as the paper did."""
         check_preset(name)
         if name == "quick":
-            return cls()
-        return cls(GeneratorArch(base=32, n_res=5),
+            return cls(GeneratorArch(**RECOMMENDED_ARCH))
+        return cls(GeneratorArch(base=32, n_res=5, **RECOMMENDED_ARCH),
                    GeneratorLossConfig(style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
                                        style_weights=(1.0, 1.0, 1.0, 1.0, 1.0), content_layers=("relu4_2",)),
                    GeneratorOptim(crop=256, epochs=100, batch=16, lr=1e-3, bf16=True, log_every=50,
