@@ -392,3 +392,22 @@ def test_the_presets_build_the_recommended_generator_and_examples_can_ask_for_th
     assert config_hash(paper) == config_hash(GeneratorConfig())  # the dataclass defaults: the paper's generator
     with pytest.raises(ConfigError, match="set image_input = false and source_skip = false"):
         resolve(GeneratorConfig, "quick", {"image_input": False})
+
+
+def test_train_styles_builds_the_presets_generator_or_the_papers_when_asked(tmp_path):
+    """`styleseg train-styles --dry-run`: the preset's generator by default, the paper's label-map one with
+    --label-maps-only."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from styleseg.cli import app
+
+    def arch(*flags):
+        r = CliRunner().invoke(app, ["train-styles", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "g"),
+                                     "--dry-run", *flags])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["config"]["arch"]
+
+    assert (arch()["image_input"], arch()["source_skip"]) == (True, True)
+    assert (arch("--label-maps-only")["image_input"], arch("--label-maps-only")["source_skip"]) == (False, False)

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the generator model folders."),
         preset: str = typer.Option("quick", "--preset", help="quick (CPU minutes) | paper (GPU)."),
         conditional: bool = typer.Option(False, "--conditional", help="One conditional generator for all styles."),
+        label_maps_only: bool = typer.Option(False, "--label-maps-only", help="The paper's generator: label maps "
+                                             "in, the source slice not read (default: read and passed through)."),
         steps: int | None = typer.Option(None, "--steps", help="Training steps per generator (overrides preset)."),
         crop: int | None = typer.Option(None, "--crop", help="Crop size at native spacing (overrides preset)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:1 ..."),
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
         from styleseg.config import given, resolve, to_dict
         from styleseg.style.train import GeneratorConfig, train_generators
 
-        cfg = resolve(GeneratorConfig, preset, {"conditional": conditional, "device": device, "seed": seed},
+        paper = {"image_input": False, "source_skip": False} if label_maps_only else None
+        cfg = resolve(GeneratorConfig, preset, {"conditional": conditional, "device": device, "seed": seed}, paper,
                       given(steps=steps, epochs=0 if steps is not None else None, crop=crop, bf16=bf16),
                       where="train-styles")
         con = Console()
