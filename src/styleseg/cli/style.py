@@ -41,8 +41,9 @@ def register(app: typer.Typer) -> None:
 
         from styleseg.config import given, resolve, to_dict
         from styleseg.style.train import GeneratorConfig, train_generators
+        from styleseg.style.train_config import PAPER_ARCH
 
-        paper = {"image_input": False, "source_skip": False} if label_maps_only else None
+        paper = PAPER_ARCH if label_maps_only else None
         cfg = resolve(GeneratorConfig, preset, {"conditional": conditional, "device": device, "seed": seed}, paper,
                       given(steps=steps, epochs=0 if steps is not None else None, crop=crop, bf16=bf16),
                       where="train-styles")

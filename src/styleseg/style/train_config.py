@@ -22,6 +22,8 @@ from styleseg.style.vgg import LAYER_NAMES
 #: the anatomy a label map lacks (bone, vessels, airways) stays: the generator of every real-CT comparison in
 #: BENCHMARKS.md; the paper's label-map-only generator lost that anatomy on real CT (docs/style.md)
 RECOMMENDED_ARCH: dict[str, Any] = {"image_input": True, "source_skip": True, "source_lowpass": "segment"}
+#: the paper's label-map-only generator over a preset (what `train-styles --label-maps-only` sets)
+PAPER_ARCH: dict[str, Any] = {"image_input": False, "source_skip": False}
 
 
 @dataclass(frozen=True)
