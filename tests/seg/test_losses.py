@@ -39,6 +39,25 @@ def test_marginal_ce_hand_computed():
     assert float(got_a) == pytest.approx(-math.log(e[1] / sum(e)), rel=1e-6)
 
 
+def test_balanced_ce_hand_computed():
+    # 4 pixels, labels (0, 0, 0, 1): ce_balance = 1 weighs each label's pixels by 1/share (4/3 and 4), so the CE is
+    # the mean over labels of each label's mean CE; 0.5 weighs them by share^-0.5
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 2, 1, 4, generator=g)
+    target = torch.tensor([[[0, 0, 0, 1]]])
+    ann = torch.ones(1, 2, dtype=torch.bool)
+    ce = -F.log_softmax(logits, 1).gather(1, target[:, None])[0, 0, 0]
+    got = marginal_dice_ce(logits, target, ann, catch_all=(0,), dice_weight=0.0, ce_balance=1.0)
+    assert float(got) == pytest.approx(float((ce[:3].mean() + ce[3]) / 2), rel=1e-6)
+    w = torch.tensor([0.75, 0.75, 0.75, 0.25]) ** -0.5
+    got = marginal_dice_ce(logits, target, ann, catch_all=(0,), dice_weight=0.0, ce_balance=0.5)
+    assert float(got) == pytest.approx(float((w * ce).sum() / w.sum()), rel=1e-6)
+    plain = marginal_dice_ce(logits, target, ann, catch_all=(0,), dice_weight=0.0)
+    assert float(plain) == pytest.approx(float(ce.mean()), rel=1e-6)
+    assert float(marginal_dice_ce(logits, target, ann, catch_all=(0,), ce_balance=1.0)) != pytest.approx(
+        float(marginal_dice_ce(logits, target, ann, catch_all=(0,))))
+
+
 def test_marginal_dice_hand_computed():
     # 2 pixels, classes (bg, a, b), b unannotated; labels (bg, a); softmax probs chosen via log
     p = torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.8, 0.1]])  # pixel x class

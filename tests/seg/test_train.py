@@ -25,6 +25,9 @@ def test_presets_and_validation():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match="lr_hold"):
             SegTrainConfig(lr_hold=bad)
+    for bad in (-0.5, 1.5):
+        with pytest.raises(ConfigError, match="ce_balance"):
+            SegTrainConfig(ce_balance=bad)
 
 
 def test_poly_schedule_with_a_hold():
@@ -65,6 +68,26 @@ def test_real_share_reaches_the_batcher(tmp_path, toy_dataset, toy_cfg, monkeypa
     train_segmentation([toy_dataset], tmp_path / "m", dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=1,
                                                                           real_share=0.4), progress=False)
     assert seen == [0.4]
+
+
+def test_ce_balance_reaches_the_loss(tmp_path, toy_dataset, toy_cfg, monkeypatch):
+    """[train_seg] ce_balance is what the training's loss is called with (its effect: tests/seg/test_losses.py)."""
+    import styleseg.seg.losses as losses
+
+    seen, real = [], losses.marginal_dice_ce
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("ce_balance"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "marginal_dice_ce", spy)
+    train_segmentation([toy_dataset], tmp_path / "m", dataclasses.replace(toy_cfg, epochs=1, steps_per_epoch=2,
+                                                                          ce_balance=0.5), progress=False)
+    assert seen == [0.5, 0.5]
+    seen.clear()
+    train_segmentation([toy_dataset], tmp_path / "d", dataclasses.replace(toy_cfg, epochs=2, steps_per_epoch=2,
+                       ce_balance=0.8, ce_balance_decay=True), progress=False)
+    assert seen == pytest.approx([0.8, 0.6, 0.4, 0.2])
 
 
 def test_model_folder_and_log(toy_model):

@@ -26,12 +26,15 @@ from torch.nn import functional as F
 
 def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
                      catch_all: Sequence[int] = (0,), dice_weight: float = 1.0, ce_weight: float = 1.0,
-                     smooth: float = 1e-5) -> torch.Tensor:
+                     smooth: float = 1e-5, ce_balance: float = 0.0) -> torch.Tensor:
     """Marginal Dice + CE.
 
     ``logits`` (B, C, H, W); ``target`` (B, H, W) integer labels; ``annotated`` (B, C) bool: which
     classes each sample's case annotated (catch-all classes count as annotated); ``catch_all``: the
     classes that absorb unannotated structures (background, and body if the schema has one).
+
+    ``ce_balance`` = b weights each pixel's cross-entropy by f^-b, f the share of the batch's pixels that carry its
+    label (0: the plain mean; 1: every label present weighs the same in total; the Dice term is unchanged).
 
     Computed with as few (B, C, H, W) tensors as the definition allows (it is a fifth of a CPU training
     step otherwise): the probabilities ``p`` once, the probability ``p_u`` of the sample's unknown classes per
@@ -55,10 +58,16 @@ def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, annotated: torc
     if bool(unknown.any()):
         p_u = torch.einsum("bchw,bc->bhw", p, unknown)
         merged = p_u * is_ca
-        ce = -torch.log((p_t + merged).clamp_min(torch.finfo(p.dtype).tiny)).mean()
+        ce_px = -torch.log((p_t + merged).clamp_min(torch.finfo(p.dtype).tiny))
     else:  # every class annotated: the plain cross-entropy, in log space
         merged = torch.zeros_like(p_t)
-        ce = -logp_t.mean()
+        ce_px = -logp_t
+    if ce_balance > 0:
+        share = torch.bincount(target.flatten(), minlength=c).to(p.dtype) / target.numel()
+        w_px = share.clamp_min(torch.finfo(p.dtype).tiny).pow(-ce_balance)[target]
+        ce = (ce_px * w_px).sum() / w_px.sum()
+    else:
+        ce = ce_px.mean()
     # Dice sums per (sample, class): inter = sum over the class's pixels of q = p_t + merged;
     # denom = sum of q over all pixels (p, plus the merged mass on catch-all pixels) + the class's pixel count
     flat_t = target.flatten(1)  # (B, P)

@@ -92,6 +92,13 @@ class SegTrainConfig:
     # training set also holds generated or pseudo-labelled ones; unset, every slice is equally likely, so with n
     # styles n of every n + 1 samples are generated. Each pool is sampled uniformly over its slices
     real_share: float | None = new_option(None)
+    # beyond nnU-Net: weight each pixel's cross-entropy by its label's share of the batch to the power -ce_balance
+    # (seg.losses.marginal_dice_ce); 0: the plain mean, where a structure of a few dozen pixels per slice (the
+    # spinal cord) is found only after a long plateau (BENCHMARKS.md)
+    ce_balance: float = new_option(0.0)
+    # ce_balance falls linearly to 0 over the training's steps: rare structures found early, the last steps weigh
+    # pixels as plain cross-entropy does, so the final model is not biased towards the rare labels
+    ce_balance_decay: bool = new_option(False)
 
     def __post_init__(self) -> None:
         check_preset(self.preset_name)
@@ -108,8 +115,8 @@ class SegTrainConfig:
             raise ConfigError("train_seg: lr must be > 0; weight_decay, dice_weight and ce_weight >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("train_seg.val_fraction must be in [0, 1)")
-        if not 0.0 <= self.foreground_prob <= 1.0 or not 0.0 <= self.elastic_prob <= 1.0:
-            raise ConfigError("train_seg.foreground_prob and elastic_prob must be in [0, 1]")
+        if not all(0.0 <= v <= 1.0 for v in (self.foreground_prob, self.elastic_prob, self.ce_balance)):
+            raise ConfigError("train_seg.foreground_prob, elastic_prob and ce_balance must be in [0, 1]")
         if not 0.0 <= self.lr_hold < 1.0:
             raise ConfigError(f"train_seg.lr_hold must be in [0, 1) (a share of the steps), got {self.lr_hold}")
         if self.val_slices < 0:
@@ -258,7 +265,10 @@ def _step(s: _Setup, st: dict[str, Any]) -> float:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
     with torch.autocast(s.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = s.net(cfg.inputs.network_input(x).contiguous(memory_format=torch.channels_last))
-    loss = marginal_dice_ce(logits, y, ann, s.catch_all, cfg.dice_weight, cfg.ce_weight)
+    balance = cfg.ce_balance
+    if cfg.ce_balance_decay:
+        balance *= max(0.0, 1.0 - st["global_step"] / (cfg.epochs * s.steps_per_epoch))
+    loss = marginal_dice_ce(logits, y, ann, s.catch_all, cfg.dice_weight, cfg.ce_weight, ce_balance=balance)
     if cfg.consistency_weight > 0:  # PairBatcher: first half source crops, second half their restyled versions
         from styleseg.seg.losses import consistency_loss
 
