@@ -76,3 +76,7 @@ def test_the_demo_compares_styleseg_and_the_oracle_as_the_same_fine_tuning_of_th
     same = ("name", "title", "train_on", "role")
     assert {f.name: getattr(ft, f.name) for f in dataclasses.fields(Arm) if f.name not in same} == \
         {f.name: getattr(oracle, f.name) for f in dataclasses.fields(Arm) if f.name not in same}
+    # the demo's U-Nets: 400 steps, the cross-entropy balanced at first and plain at the end (BENCHMARKS.md)
+    seg = cfg.train_seg
+    assert seg.epochs * seg.steps_per_epoch == 400 and seg.ce_balance == 1.0 and seg.ce_balance_decay
+    assert ARMS["styleseg_ft_ref"].budgeted(seg).epochs * seg.steps_per_epoch == 150
